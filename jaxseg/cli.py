@@ -1,0 +1,102 @@
+"""jaxseg command line: train | evaluate | predict | bench.
+
+  jaxseg train    --config=configs/lgg_unet.py --workdir=runs/lgg [--config.optim.lr=3e-4]
+  jaxseg evaluate --config=configs/lgg_unet.py --workdir=runs/lgg [--split=test] [--checkpoint=best]
+  jaxseg predict  --config=configs/lgg_unet.py --workdir=runs/lgg --input=a.tif,dir/ --output=out/
+  jaxseg bench    --config=configs/lgg_unet.py [--what=step|loop|all] [--bench_steps=50]
+
+Config overrides are `--config.<path>=<value>`; unknown keys and wrong types are errors.
+"""
+
+import json
+import os
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+COMMANDS = ("train", "evaluate", "predict", "bench")
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file (configs/*.py); override fields with "
+    "--config.a.b=value.", lock_config=True)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run folder: checkpoints, split.json, metrics.jsonl. A rerun with the same "
+    "workdir resumes from its latest checkpoint.")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "best", "evaluate/predict: 'best' (by validation Dice), 'latest' or a step.")
+_SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"], "evaluate: which split.")
+_INPUT = flags.DEFINE_list(
+    "input", [], "predict: image files (.tif/.png) or folders of them, comma-separated.")
+_OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the masks (created).")
+_OVERLAY = flags.DEFINE_bool(
+    "overlay", False, "predict: also write a PNG of image | ground truth (if found) | prediction.")
+_WHAT = flags.DEFINE_enum("what", "all", ["step", "loop", "all"],
+                          "bench: compiled train step, end-to-end loop with Grain, or both.")
+_BENCH_STEPS = flags.DEFINE_integer("bench_steps", 50, "bench: timed steps after warm-up.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Call jax.distributed.initialize(): 'auto' does when a cluster environment (SLURM, TPU VM, "
+    "GKE) or --coordinator_address is present.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0, for multi-process runs outside a "
+    "detected cluster environment.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+
+
+def _init_distributed():
+  import jax
+
+  explicit = _COORDINATOR.value is not None
+  cluster = any(k in os.environ for k in (
+      "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JOBSET_NAME", "MEGASCALE_COORDINATOR_ADDRESS"))
+  if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not (explicit or cluster)):
+    return
+  if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):
+    raise app.UsageError("--coordinator_address needs --num_processes and --process_id")
+  jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                             num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+
+
+def main(argv):
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f"usage: jaxseg {{{'|'.join(COMMANDS)}}} --config=FILE [flags]; "
+                         f"got {argv[1:]}")
+  command = argv[1]
+  if _CONFIG.value is None:
+    raise app.UsageError("--config is required")
+  if command != "bench" and not _WORKDIR.value:
+    raise app.UsageError(f"jaxseg {command} needs --workdir")
+  _init_distributed()
+  config = _CONFIG.value
+
+  if command == "train":
+    from jaxseg.train.loop import train_and_evaluate
+    train_and_evaluate(config, _WORKDIR.value)
+  elif command == "evaluate":
+    from jaxseg.predict import evaluate_checkpoint
+    result = evaluate_checkpoint(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
+    print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))
+  elif command == "predict":
+    from jaxseg.predict import predict_files
+    if not _INPUT.value or not _OUTPUT.value:
+      raise app.UsageError("jaxseg predict needs --input and --output")
+    predict_files(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value, _CHECKPOINT.value,
+                  _OVERLAY.value)
+  elif command == "bench":
+    from jaxseg.bench import run_bench
+    run_bench(config, _WHAT.value, _BENCH_STEPS.value, _WORKDIR.value)
+
+
+def run():
+  # `--help` lists the key flags of the main program (sys.argv[0]); under a console script
+  # that is the generated launcher, so register this module's flags as its key flags.
+  sys.modules["__main__"].__doc__ = __doc__
+  for flag in flags.FLAGS.get_flags_for_module(__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,74 @@
+"""The one base config: every knob jaxseg reads has its default here.
+
+Experiment files in configs/ start from `default_config()` and change only what differs, so a
+typo in an override (`--config.optim.lrr=1`) is an error rather than a silently ignored key,
+and a wrong type (`--config.optim.lr=abc`) is rejected by ConfigDict's type safety.
+"""
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  # Where to start when the workdir has no checkpoint: '' (scratch) or a checkpoint directory
+  # (a workdir's checkpoints/ folder or one step folder inside it).
+  c.init_from = ""
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "lgg"  # registry name in jaxseg.data.sources
+  # Dataset root. 'builtin:mni152' is the embedded default dataset, 'synthetic:N' writes N
+  # synthetic patients (tests, benchmarks) into the workdir.
+  c.data.root = ""
+  c.data.image_size = 256  # square side after resizing; 0 keeps the native size
+  c.data.in_channels = 3
+  c.data.num_classes = 1  # output channels (binary / multi-label) or classes (multi-class)
+  c.data.task = "binary"  # binary | multilabel | multiclass
+  c.data.batch_size = 8  # global batch, split over all devices of all hosts
+  c.data.eval_batch_size = 8
+  c.data.num_workers = 0  # Grain worker processes; 0 loads in the main process
+  c.data.prefetch_buffer = 2
+
+  c.data.split = ml_collections.ConfigDict()
+  c.data.split.val = 0.1  # fraction of patients
+  c.data.split.test = 0.1
+  c.data.split.stratify = True  # stratify patients by whether they have any foreground
+  c.data.split.seed = 0
+
+  c.data.augment = ml_collections.ConfigDict()
+  c.data.augment.hflip = 0.5  # probabilities
+  c.data.augment.vflip = 0.5
+  c.data.augment.rot90 = 0.5
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "unet"
+  c.model.features = 32
+  c.model.depth = 4
+  c.model.batch_norm = True
+  c.model.dropout = 0.0
+  c.model.dtype = "float32"  # compute dtype; parameters stay float32
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.bce_weight = 1.0
+  c.loss.dice_weight = 1.0
+  c.loss.smooth = 1.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"  # adam | adamw
+  c.optim.lr = 1e-4
+  c.optim.weight_decay = 0.0
+  c.optim.warmup_steps = 0
+  c.optim.min_lr = 0.0  # floor of the cosine decay
+  c.optim.grad_clip = 0.0  # global-norm clipping; 0 disables
+
+  c.train = ml_collections.ConfigDict()
+  c.train.steps = 1000
+  c.train.log_every = 50
+  c.train.eval_every = 250  # also the checkpoint interval; the last step always evaluates
+  c.train.keep_checkpoints = 2  # latest N, plus the best by validation Dice
+  c.train.threshold = 0.5  # probability threshold for Dice / IoU
+  return c
+
+
+def get_config():
+  return default_config()

@@ -1,0 +1,152 @@
+"""From config to batches: source -> split -> Grain transforms -> numpy batches -> devices.
+
+Every host builds the same globally shuffled index order and takes every `process_count`-th
+record of it, so the hosts together read one global batch per step without coordination, and
+the iterator state (how many batches were consumed) is the same number on every host.
+"""
+
+import queue
+import threading
+
+import grain
+import jax
+import numpy as np
+
+from jaxseg.data import builtin, splits
+from jaxseg.data.sources.lgg import LGGSource
+from jaxseg.data.transforms import FlipRot90, Preprocess
+
+SOURCES = {"lgg": LGGSource}
+# Keys that stay on the host (strings, ids); everything else in a batch goes to the devices.
+HOST_KEYS = ("case_id", "slice")
+
+
+def build_source(data_cfg, workdir: str):
+  if data_cfg.source not in SOURCES:
+    raise ValueError(f"data.source={data_cfg.source!r}; known: {sorted(SOURCES)}")
+  root = builtin.resolve_root(data_cfg.root, workdir)
+  return SOURCES[data_cfg.source](root, in_channels=data_cfg.in_channels)
+
+
+def split_sources(source, data_cfg, workdir: str) -> dict:
+  """Returns {'train': src, 'val': src, 'test': src} over disjoint patient sets."""
+  split = splits.load_or_make_split(workdir, source.case_ids(), data_cfg.split, source.case_strata)
+  return {name: source.subset(ids) for name, ids in split.items()}
+
+
+def local_batch_size(global_batch: int) -> int:
+  n_dev, n_proc = jax.device_count(), jax.process_count()
+  if global_batch % n_dev:
+    raise ValueError(f"batch size {global_batch} does not divide over {n_dev} devices")
+  return global_batch // n_proc
+
+
+def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, data_cfg.num_workers) * 2,
+                                            prefetch_buffer_size=data_cfg.prefetch_buffer * 4))
+  if data_cfg.num_workers > 0:
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
+  return it
+
+
+def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
+  """An endless, reshuffled-every-epoch, augmented stream of this host's training batches."""
+  aug = data_cfg.augment
+  ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+        [jax.process_index()::jax.process_count()]
+        .map(Preprocess(data_cfg.image_size))
+        .random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90))
+        .batch(local_batch_size(data_cfg.batch_size), drop_remainder=True))
+  return _to_iter(ds, data_cfg)
+
+
+def eval_batches(source, data_cfg):
+  """This host's share of `source` in fixed-size batches; padding rows have valid == 0.
+
+  Every batch has the same shape (so the eval step compiles once) and every host yields the
+  same number of batches (so collectives line up).
+  """
+  n_proc, pid = jax.process_count(), jax.process_index()
+  bs = local_batch_size(data_cfg.eval_batch_size)
+  per_host = -(-len(source) // n_proc)
+  n_batches = -(-per_host // bs)
+  ds = grain.MapDataset.source(source)[pid::n_proc].map(Preprocess(data_cfg.image_size))
+  it = iter(_to_iter(ds, data_cfg))
+  for _ in range(n_batches):
+    items = [x for x in (next(it, None) for _ in range(bs)) if x is not None]
+    yield pad_batch(items, bs)
+
+
+def pad_batch(items: list[dict], size: int) -> dict:
+  """Stacks samples into a batch of exactly `size` rows, adding a `valid` 0/1 column."""
+  if not items:
+    raise ValueError("pad_batch needs at least one sample to know the shapes")
+  batch = {k: np.stack([x[k] for x in items]) for k in items[0]}
+  n = len(items)
+  batch["valid"] = np.concatenate([np.ones(n, np.float32), np.zeros(size - n, np.float32)])
+  for k, v in batch.items():
+    if len(v) < size:
+      batch[k] = np.concatenate([v, np.repeat(v[-1:], size - n, axis=0)])
+  return batch
+
+
+def split_host(batch: dict) -> tuple[dict, dict]:
+  """Separates the arrays for the devices from the ids that stay on the host."""
+  host = {k: batch[k] for k in HOST_KEYS if k in batch}
+  device = {k: v for k, v in batch.items() if k not in HOST_KEYS}
+  return device, host
+
+
+class DevicePrefetcher:
+  """Moves batches to the devices in a background thread, `size` batches ahead.
+
+  Grain's iterator runs ahead of the training loop here, so `state()` reports the Grain state
+  that belongs to the last batch handed out, not the iterator's current one: a checkpoint then
+  resumes exactly after the last batch the model saw.
+  """
+
+  def __init__(self, iterator, sharding, size: int = 2):
+    self._it = iterator
+    self._sharding = sharding
+    self._queue = queue.Queue(maxsize=size)
+    self._state = iterator.get_state()
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._fill, daemon=True)
+    self._thread.start()
+
+  def _fill(self):
+    try:
+      while not self._stop.is_set():
+        batch = next(self._it)
+        state = self._it.get_state()
+        device, host = split_host(batch)
+        device = jax.tree.map(
+            lambda x: jax.make_array_from_process_local_data(self._sharding, x), device)
+        self._put((device, host, state))
+    except BaseException as e:  # surfaced to the consumer, with the file named by the reader
+      self._put(e)
+
+  def _put(self, item):
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return
+      except queue.Full:
+        continue
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    item = self._queue.get()
+    if isinstance(item, BaseException):
+      raise item
+    device, host, self._state = item
+    return device, host
+
+  def state(self) -> dict:
+    return self._state
+
+  def close(self):
+    self._stop.set()
+    self._thread.join(timeout=5)

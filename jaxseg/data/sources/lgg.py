@@ -1,0 +1,124 @@
+"""Reader for the Kaggle LGG MRI set (`kaggle_3m`, Buda et al.).
+
+On disk: one folder per patient, `<patient>/<patient>_<n>.tif` (H x W x 3 uint8: pre-contrast,
+FLAIR, post-contrast) beside `<patient>/<patient>_<n>_mask.tif` (H x W uint8, 0 or 255). A
+`data.csv` with genomic columns may sit at the top; it is not needed here.
+
+The index is built from file names alone; pixels are read in `__getitem__`, so the source is a
+cheap Grain random-access source that worker processes can pickle.
+"""
+
+import dataclasses
+import os
+import re
+
+import numpy as np
+import tifffile
+
+from jaxseg.errors import DataError
+
+_SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)\.tiff?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class SliceRecord:
+  case_id: str
+  index: int  # slice number from the file name
+  image_path: str
+  mask_path: str
+
+
+def scan(root: str) -> list[SliceRecord]:
+  """Lists every (image, mask) pair under `root`, sorted by patient then slice number."""
+  if not os.path.isdir(root):
+    raise DataError(f"{root}: not a directory (expected the kaggle_3m folder of patient folders)")
+  records = []
+  for case_id in sorted(os.listdir(root)):
+    folder = os.path.join(root, case_id)
+    if not os.path.isdir(folder):
+      continue
+    names = set(os.listdir(folder))
+    for name in names:
+      m = _SLICE_RE.match(name)
+      if not m:
+        continue  # masks and unrelated files
+      mask_name = f"{m['stem']}_{m['n']}_mask{os.path.splitext(name)[1]}"
+      image_path = os.path.join(folder, name)
+      if mask_name not in names:
+        raise DataError(f"{image_path}: no mask file {mask_name} beside it")
+      records.append(SliceRecord(case_id, int(m["n"]), image_path, os.path.join(folder, mask_name)))
+  if not records:
+    raise DataError(
+        f"{root}: no LGG slices found (expected <patient>/<patient>_<n>.tif with "
+        "<patient>_<n>_mask.tif beside each)")
+  records.sort(key=lambda r: (r.case_id, r.index))
+  return records
+
+
+def read_tif(path: str) -> np.ndarray:
+  try:
+    return tifffile.imread(path)
+  except Exception as e:  # tifffile raises several types for truncated or foreign files
+    raise DataError(f"{path}: unreadable TIFF ({type(e).__name__}: {e})") from e
+
+
+def load_pair(rec: SliceRecord, in_channels: int) -> tuple[np.ndarray, np.ndarray]:
+  """Reads and checks one slice: image uint8 [H, W, C], mask float32 [H, W, 1] in {0, 1}."""
+  image = read_tif(rec.image_path)
+  mask = read_tif(rec.mask_path)
+  if image.ndim == 2:
+    image = image[..., None]
+  if image.ndim != 3 or image.shape[-1] != in_channels:
+    raise DataError(
+        f"{rec.image_path}: expected H x W x {in_channels} image, got shape {image.shape}")
+  if mask.ndim == 3 and mask.shape[-1] in (1, 3, 4):
+    mask = mask[..., 0]  # some exports store the mask as RGB(A) grey
+  if mask.shape != image.shape[:2]:
+    raise DataError(
+        f"{rec.mask_path}: mask shape {mask.shape} does not match image "
+        f"{rec.image_path} shape {image.shape[:2]}")
+  values = np.unique(mask)
+  if not (np.isin(values, (0, 255)).all() or np.isin(values, (0, 1)).all()):
+    raise DataError(
+        f"{rec.mask_path}: mask is not binary (values {values[:8].tolist()}"
+        f"{'...' if len(values) > 8 else ''}; expected 0/255 or 0/1)")
+  return image, (mask > 0).astype(np.float32)[..., None]
+
+
+class LGGSource:
+  """Grain random-access source over a kaggle_3m folder (or a subset of its patients)."""
+
+  def __init__(self, root: str, case_ids=None, in_channels: int = 3, records=None):
+    self.root = root
+    self.in_channels = in_channels
+    records = scan(root) if records is None else records
+    if case_ids is not None:
+      keep = set(case_ids)
+      records = [r for r in records if r.case_id in keep]
+    self.records = records
+
+  def __len__(self) -> int:
+    return len(self.records)
+
+  def __getitem__(self, i: int) -> dict:
+    rec = self.records[i]
+    image, mask = load_pair(rec, self.in_channels)
+    return {"image": image, "mask": mask, "case_id": rec.case_id, "slice": rec.index}
+
+  def subset(self, case_ids) -> "LGGSource":
+    return LGGSource(self.root, case_ids, self.in_channels, records=self.records)
+
+  def case_ids(self) -> list[str]:
+    return sorted({r.case_id for r in self.records})
+
+  def case_strata(self) -> dict[str, int]:
+    """1 for patients with any tumour pixel, else 0: the stratification key for splits.
+
+    This reads every mask once; masks are small and it runs once per workdir (the split is
+    saved), so it stays off the training path.
+    """
+    has_fg = {c: 0 for c in self.case_ids()}
+    for rec in self.records:
+      if not has_fg[rec.case_id] and (read_tif(rec.mask_path) > 0).any():
+        has_fg[rec.case_id] = 1
+    return has_fg

@@ -1,0 +1,69 @@
+"""Host-side sample transforms, as Grain map / random-map transforms.
+
+Samples are dicts of numpy arrays, channels last: image float32 [H, W, C], mask float32
+[H, W, K]. Geometric transforms move image and mask together; intensity transforms leave masks
+alone. Random transforms draw from the numpy Generator Grain passes in, which Grain seeds per
+record and epoch, so results do not depend on the number of worker processes.
+"""
+
+import dataclasses
+
+import grain
+import numpy as np
+from PIL import Image
+
+
+def resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
+  """Resizes [H, W, C] to [size[0], size[1], C]; bilinear for images, nearest for masks."""
+  if array.shape[:2] == tuple(size):
+    return array
+  resample = Image.NEAREST if nearest else Image.BILINEAR
+  channels = [
+      np.asarray(Image.fromarray(np.ascontiguousarray(array[..., c], np.float32), mode="F")
+                 .resize((size[1], size[0]), resample))
+      for c in range(array.shape[-1])
+  ]
+  return np.stack(channels, axis=-1)
+
+
+def normalize(image: np.ndarray) -> np.ndarray:
+  """Per-image, per-channel zero mean and unit variance (constant channels become zero)."""
+  mean = image.mean(axis=(0, 1), keepdims=True)
+  std = image.std(axis=(0, 1), keepdims=True)
+  return ((image - mean) / np.maximum(std, 1e-6)).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess(grain.transforms.Map):
+  """uint8/any image -> float32, resize to `size` (0 keeps the native size), normalise."""
+
+  size: int = 0
+
+  def map(self, sample: dict) -> dict:
+    image = sample["image"].astype(np.float32)
+    mask = sample["mask"].astype(np.float32)
+    if self.size:
+      image = resize(image, (self.size, self.size), nearest=False)
+      mask = resize(mask, (self.size, self.size), nearest=True)
+    return {**sample, "image": normalize(image), "mask": mask}
+
+
+@dataclasses.dataclass(frozen=True)
+class FlipRot90(grain.transforms.RandomMap):
+  """Horizontal flip, vertical flip and a random multiple of 90 degrees, each with its p."""
+
+  hflip: float = 0.5
+  vflip: float = 0.5
+  rot90: float = 0.5
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    image, mask = sample["image"], sample["mask"]
+    u = rng.random(3)
+    k = int(rng.integers(1, 4))
+    if u[0] < self.hflip:
+      image, mask = image[:, ::-1], mask[:, ::-1]
+    if u[1] < self.vflip:
+      image, mask = image[::-1], mask[::-1]
+    if u[2] < self.rot90:
+      image, mask = np.rot90(image, k), np.rot90(mask, k)
+    return {**sample, "image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask)}

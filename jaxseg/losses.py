@@ -1,0 +1,63 @@
+"""Segmentation losses: pure functions of (logits, mask) for one task kind.
+
+Tasks: 'binary' and 'multilabel' use sigmoid per channel with mask [B, ..., K] in {0, 1};
+'multiclass' uses softmax over K classes with integer labels [B, ...]. Every loss reduces in
+float32 and takes an optional per-example `weight` (0 for padding rows).
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def probabilities(logits, task: str):
+  logits = logits.astype(jnp.float32)
+  return jax.nn.softmax(logits, -1) if task == "multiclass" else jax.nn.sigmoid(logits)
+
+
+def targets(mask, num_channels: int, task: str):
+  """The mask as per-channel float targets [B, ..., K] (one-hot for multi-class)."""
+  if task == "multiclass":
+    return jax.nn.one_hot(mask.astype(jnp.int32), num_channels, dtype=jnp.float32)
+  return mask.astype(jnp.float32)
+
+
+def _weighted_mean(per_example, weight):
+  if weight is None:
+    return per_example.mean()
+  return (per_example * weight).sum() / jnp.maximum(weight.sum(), 1.0)
+
+
+def cross_entropy(logits, mask, task: str, weight=None):
+  """Mean BCE-with-logits (binary / multi-label) or softmax cross-entropy (multi-class)."""
+  logits = logits.astype(jnp.float32)
+  spatial = tuple(range(1, logits.ndim))
+  if task == "multiclass":
+    per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits, mask.astype(jnp.int32))
+    per_example = per_pixel.mean(axis=spatial[:-1])
+  else:
+    per_example = optax.sigmoid_binary_cross_entropy(logits, mask.astype(jnp.float32)).mean(spatial)
+  return _weighted_mean(per_example, weight)
+
+
+def soft_dice(logits, mask, task: str, smooth: float = 1.0, weight=None):
+  """1 - mean over examples and channels of (2|P.T| + s) / (|P| + |T| + s), soft P.
+
+  The smoothing term makes an empty mask with an empty prediction score 1 rather than 0/0.
+  """
+  p = probabilities(logits, task)
+  t = targets(mask, logits.shape[-1], task)
+  axes = tuple(range(1, p.ndim - 1))
+  inter = (p * t).sum(axes)
+  dice = (2 * inter + smooth) / (p.sum(axes) + t.sum(axes) + smooth)  # [B, K]
+  return 1.0 - _weighted_mean(dice.mean(-1), weight)
+
+
+def seg_loss(logits, mask, task: str, loss_cfg, weight=None):
+  """The configured mix: bce_weight * cross-entropy + dice_weight * soft Dice."""
+  total = 0.0
+  if loss_cfg.bce_weight:
+    total += loss_cfg.bce_weight * cross_entropy(logits, mask, task, weight)
+  if loss_cfg.dice_weight:
+    total += loss_cfg.dice_weight * soft_dice(logits, mask, task, loss_cfg.smooth, weight)
+  return total

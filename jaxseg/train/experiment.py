@@ -1,0 +1,126 @@
+"""What train, evaluate, predict and bench share: model, mesh, optimizer, compiled steps, restore.
+
+Built once from the config; every command then works on the same compiled functions and the same
+resume order: the workdir's checkpoint, else `config.init_from`, else a fresh initialisation.
+"""
+
+import logging
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxseg import models
+from jaxseg.data import pipeline
+from jaxseg.metrics import summarize
+from jaxseg.train import parallel, state as state_lib, step as step_lib
+from jaxseg.train.checkpoint import Checkpoints
+
+log = logging.getLogger("jaxseg")
+
+
+class Experiment:
+  def __init__(self, config, workdir: str, total_steps: int | None = None):
+    self.config = config
+    self.workdir = workdir
+    d = config.data
+    if d.task not in ("binary", "multilabel", "multiclass"):
+      raise ValueError(f"data.task={d.task!r}; known: binary, multilabel, multiclass")
+    if not d.image_size:
+      raise ValueError("data.image_size must be set (> 0): batches need one fixed shape")
+    self.input_shape = (d.image_size, d.image_size, d.in_channels)
+    self.mesh = parallel.make_mesh()
+    self.replicated = parallel.replicated(self.mesh)
+    self.batch_sharding = parallel.batch_sharding(self.mesh)
+    self.model = models.build(config.model, d.in_channels, d.num_classes)
+    self.total_steps = total_steps or config.train.steps
+    self.tx = state_lib.make_optimizer(config.optim, self.total_steps)
+    self.lr_schedule = state_lib.learning_rate_schedule(config.optim, self.total_steps)
+    thr = config.train.threshold
+    r, b = self.replicated, self.batch_sharding
+    self.train_step = jax.jit(
+        step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr),
+        in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
+    self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr),
+                             in_shardings=(r, b), out_shardings=(b, r))
+    self.predict_fn = jax.jit(step_lib.make_predict_fn(self.model, d.task),
+                              in_shardings=(r, b), out_shardings=b)
+    self.checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"),
+                                   keep=config.train.keep_checkpoints) if workdir else None
+
+  # ---- state -------------------------------------------------------------------------------
+  def init_state(self):
+    return state_lib.create_state(self.model, self.tx, self.input_shape, self.config.seed,
+                                  self.replicated)
+
+  def restore_or_init(self, which: str = "latest"):
+    """(state, data_state or None, where it came from)."""
+    state = self.init_state()
+    if self.checkpoints and self.checkpoints.all_steps():
+      step = self.checkpoints.resolve(which)
+      state, data_state = self.checkpoints.restore(step, state)
+      return state, data_state, f"checkpoint step {step}"
+    if self.config.init_from:
+      return self._load_weights(state, self.config.init_from), None, self.config.init_from
+    return state, None, "scratch"
+
+  def _load_weights(self, state, path: str):
+    """Params and batch statistics (not optimizer state or step) from another run."""
+    path = os.path.abspath(path)
+    if os.path.basename(path).isdigit():
+      other, step = Checkpoints(os.path.dirname(path), read_only=True), int(os.path.basename(path))
+    else:
+      other = Checkpoints(path, read_only=True)
+      step = other.resolve("best")
+    restored, _ = other.restore(step, state)
+    return state.replace(params=restored.params, batch_stats=restored.batch_stats)
+
+  # ---- data --------------------------------------------------------------------------------
+  def sources(self) -> dict:
+    source = pipeline.build_source(self.config.data, self.workdir)
+    return pipeline.split_sources(source, self.config.data, self.workdir)
+
+  def to_device(self, batch: dict) -> dict:
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
+
+  def abstract_batch(self) -> dict:
+    bs = self.config.data.batch_size
+    mask_shape = (bs, *self.input_shape[:2])
+    if self.config.data.task != "multiclass":
+      mask_shape += (self.config.data.num_classes,)
+    mk = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding)  # noqa: E731
+    return {"image": mk((bs, *self.input_shape), jnp.float32), "mask": mk(mask_shape, jnp.float32)}
+
+  def compile_train_step(self, state, acc):
+    """Ahead-of-time compile; returns (compiled, seconds, FLOPs per step or 0)."""
+    t0 = time.perf_counter()
+    compiled = self.train_step.lower(state, self.abstract_batch(), acc).compile()
+    seconds = time.perf_counter() - t0
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return compiled, seconds, float((cost or {}).get("flops", 0.0))
+
+  # ---- evaluation --------------------------------------------------------------------------
+  def evaluate(self, state, source) -> dict:
+    """Dice / IoU (global, per image, per case) and mean loss over one split ({} if empty)."""
+    if len(source) == 0:
+      return {}
+    case_ids = source.case_ids()
+    index = {c: i for i, c in enumerate(case_ids)}
+    outs = []
+    for batch in pipeline.eval_batches(source, self.config.data):
+      device, host = pipeline.split_host(batch)
+      device["case_index"] = np.array([index[c] for c in host["case_id"]], np.int32)
+      arrays = self.to_device(device)
+      counts, loss_sum = self.eval_step(state, arrays)
+      outs.append((counts, loss_sum, arrays["valid"], arrays["case_index"]))
+    counts, loss_sum, valid, case_index = (parallel.to_host(list(x)) for x in zip(*outs))
+    valid = np.concatenate(valid) > 0
+    counts = np.concatenate(counts)[valid]
+    names = [case_ids[i] for i in np.concatenate(case_index)[valid]]
+    result = summarize(counts, names)
+    result["loss"] = float(np.sum(loss_sum) / max(valid.sum(), 1))
+    return result

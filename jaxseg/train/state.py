@@ -1,0 +1,53 @@
+"""Train state (a plain pytree of arrays, so Orbax saves it as is) and the optimizer."""
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array  # raw uint32 key data: checkpointable without a custom handler
+
+
+def learning_rate_schedule(optim_cfg, total_steps: int):
+  """Linear warm-up to `lr`, then cosine decay to `min_lr` at `total_steps`."""
+  warmup = min(optim_cfg.warmup_steps, max(total_steps - 1, 0))
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0 if warmup else optim_cfg.lr, peak_value=optim_cfg.lr,
+      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.min_lr)
+
+
+def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+  schedule = learning_rate_schedule(optim_cfg, total_steps)
+  if optim_cfg.name == "adam":
+    opt = optax.adam(schedule)
+    if optim_cfg.weight_decay:  # L2 added to the gradient, as torch.optim.Adam does
+      opt = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay), opt)
+  elif optim_cfg.name == "adamw":
+    opt = optax.adamw(schedule, weight_decay=optim_cfg.weight_decay)
+  else:
+    raise ValueError(f"optim.name={optim_cfg.name!r}; known: adam, adamw")
+  if optim_cfg.grad_clip:
+    opt = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), opt)
+  return opt
+
+
+def create_state(model, tx, input_shape, seed: int, sharding) -> TrainState:
+  """Initialises the state directly into `sharding` (replicated), compiled once."""
+
+  def make(key):
+    x = jnp.zeros((1, *input_shape), jnp.float32)
+    variables = model.init({"params": key, "dropout": key}, x, train=False)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.fold_in(key, 1)))
+
+  return jax.jit(make, out_shardings=sharding)(jax.random.key(seed))
