@@ -9,6 +9,7 @@ import queue
 import threading
 
 import grain
+from absl import flags
 import jax
 import numpy as np
 
@@ -45,6 +46,10 @@ def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, data_cfg.num_workers) * 2,
                                             prefetch_buffer_size=data_cfg.prefetch_buffer * 4))
   if data_cfg.num_workers > 0:
+    # Grain's workers read absl flags; outside an absl app (tests, notebooks) nothing parsed
+    # them, so take the defaults rather than fail.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
   return it
 

@@ -39,7 +39,9 @@ def split_cases(case_ids, val: float, test: float, seed: int, strata=None) -> di
     out["train"] += members[n_val + n_test:]
   # Rounding per stratum can leave a requested split empty on small sets: move one case over.
   for name, frac in (("val", val), ("test", test)):
-    if frac > 0 and not out[name] and len(out["train"]) > 1:
+    if frac > 0 and not out[name]:
+      if len(out["train"]) <= 1:
+        raise DataError(f"only {len(case_ids)} cases: too few for train, val and test splits")
       out[name].append(out["train"].pop())
   if not out["train"]:
     raise DataError(f"only {len(case_ids)} cases: too few for a training split")

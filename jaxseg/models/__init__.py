@@ -1,5 +1,7 @@
 """Model registry: config name -> Flax module; and the facts every model reports."""
 
+import math
+
 import jax
 import jax.numpy as jnp
 
@@ -31,8 +33,15 @@ def init_variables(model, input_shape, seed: int = 0):
       jax.random.key(seed))
 
 
+def variable_shapes(model, input_shape):
+  """Shapes and dtypes of the variables, without computing them (cheap for any model size)."""
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  return jax.eval_shape(lambda x: model.init({"params": jax.random.key(0),
+                                              "dropout": jax.random.key(0)}, x, train=False), x)
+
+
 def count_params(params) -> int:
-  return sum(int(p.size) for p in jax.tree.leaves(params))
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
 
 
 def forward_flops(model, variables, input_shape) -> float:

@@ -51,6 +51,12 @@ class Checkpoints:
         state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     return out["state"], out["data"]
 
+  def read(self, step: int):
+    """(state as saved, as nested dicts of numpy arrays; data_state), with no target needed."""
+    out = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+    return out["state"], out["data"]
+
   def resolve(self, which: str) -> int:
     """'latest', 'best' (falls back to latest) or a step number -> a saved step."""
     steps = self.all_steps()

@@ -57,9 +57,12 @@ def scan(root: str) -> list[SliceRecord]:
 
 def read_tif(path: str) -> np.ndarray:
   try:
-    return tifffile.imread(path)
+    array = tifffile.imread(path)
   except Exception as e:  # tifffile raises several types for truncated or foreign files
     raise DataError(f"{path}: unreadable TIFF ({type(e).__name__}: {e})") from e
+  if array.size == 0:  # tifffile only warns on some corrupt headers and returns nothing
+    raise DataError(f"{path}: unreadable TIFF (no image data)")
+  return array
 
 
 def load_pair(rec: SliceRecord, in_channels: int) -> tuple[np.ndarray, np.ndarray]:

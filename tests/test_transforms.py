@@ -1,0 +1,56 @@
+import numpy as np
+import pytest
+
+from jaxseg.data.transforms import FlipRot90, Preprocess, normalize, resize
+
+
+def _sample(size=12):
+  rng = np.random.default_rng(0)
+  mask = (rng.random((size, size, 1)) < 0.3).astype(np.float32)
+  # The image carries the mask in channel 0, so alignment is checkable after any warp.
+  image = np.concatenate([mask * 100, rng.normal(size=(size, size, 2))], -1).astype(np.float32)
+  return {"image": image, "mask": mask, "case_id": "P"}
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_flip_rot_keeps_image_and_mask_aligned(seed):
+  s = _sample()
+  out = FlipRot90(1.0, 1.0, 1.0).random_map(s, np.random.default_rng(seed))
+  np.testing.assert_array_equal(out["image"][..., 0], out["mask"][..., 0] * 100)
+  assert out["case_id"] == "P" and out["image"].flags.c_contiguous
+
+
+def test_flip_rot_probabilities_zero_is_identity_and_one_changes():
+  s = _sample()
+  same = FlipRot90(0.0, 0.0, 0.0).random_map(s, np.random.default_rng(0))
+  np.testing.assert_array_equal(same["mask"], s["mask"])
+  changed = [not np.array_equal(FlipRot90(1.0, 0.0, 0.0).random_map(s, np.random.default_rng(i))
+                                ["mask"], s["mask"]) for i in range(3)]
+  assert all(changed)
+
+
+def test_resize_nearest_keeps_mask_binary_and_bilinear_interpolates():
+  mask = np.zeros((4, 4, 1), np.float32)
+  mask[:2] = 1
+  up = resize(mask, (8, 8), nearest=True)
+  assert up.shape == (8, 8, 1) and set(np.unique(up)) == {0.0, 1.0} and up[:4].all()
+  ramp = np.tile(np.arange(4, dtype=np.float32)[None, :, None], (4, 1, 2))
+  down = resize(ramp, (4, 2), nearest=False)
+  assert down.shape == (4, 2, 2) and 0 < down[0, 0, 0] < down[0, 1, 0] < 3
+
+
+def test_normalize_per_channel_and_constant_channel():
+  x = np.stack([np.arange(16.0).reshape(4, 4), np.full((4, 4), 7.0)], -1)
+  y = normalize(x)
+  np.testing.assert_allclose(y[..., 0].mean(), 0, atol=1e-6)
+  np.testing.assert_allclose(y[..., 0].std(), 1, atol=1e-5)
+  np.testing.assert_array_equal(y[..., 1], 0)
+
+
+def test_preprocess_resizes_and_normalizes():
+  s = {"image": np.random.default_rng(0).integers(0, 255, (16, 16, 3)).astype(np.uint8),
+       "mask": np.ones((16, 16, 1), np.float32)}
+  out = Preprocess(8).map(s)
+  assert out["image"].shape == (8, 8, 3) and out["image"].dtype == np.float32
+  assert out["mask"].shape == (8, 8, 1) and out["mask"].all()
+  np.testing.assert_allclose(out["image"].mean((0, 1)), 0, atol=1e-5)
