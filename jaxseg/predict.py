@@ -119,8 +119,7 @@ def predict_files(config, workdir: str, inputs, output: str, which: str = "best"
     items = [prep.map({"image": im, "mask": np.zeros(im.shape[:2] + (1,), np.float32)})
              for im in images]
     batch = pad_batch([{"image": x["image"]} for x in items], bs)
-    probs = np.asarray(jax.device_get(exp.predict_fn(state, exp.to_device(
-        {"image": batch["image"]}))))
+    probs = np.asarray(jax.device_get(exp.predict_fn(state, exp.to_device(batch["image"]))))
     for i, (path, image) in enumerate(zip(chunk, images)):
       prob = resize(probs[i], image.shape[:2], nearest=False)
       if task == "multiclass":

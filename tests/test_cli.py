@@ -1,0 +1,104 @@
+"""The command line as users call it: one subprocess per command, on a tiny synthetic set."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config=configs/demo.py", "--config.data.image_size=32", "--config.model.features=4",
+        "--config.model.depth=2", "--config.data.batch_size=4", "--config.data.eval_batch_size=4",
+        "--config.train.steps=4", "--config.train.eval_every=2", "--config.train.log_every=2"]
+
+
+def jaxseg(*args, check=True):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-m", "jaxseg.cli", *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  if check and proc.returncode:
+    raise AssertionError(f"jaxseg {args} failed:\n{proc.stdout}\n{proc.stderr}")
+  return proc
+
+
+def test_unknown_config_key_and_wrong_type_are_errors():
+  bad_key = jaxseg("train", "--workdir=/tmp/x", "--config=configs/demo.py",
+                   "--config.optim.lrr=1", check=False)
+  assert bad_key.returncode != 0 and "lrr" in bad_key.stderr
+  bad_type = jaxseg("train", "--workdir=/tmp/x", "--config=configs/demo.py",
+                    "--config.optim.lr=fast", check=False)
+  assert bad_type.returncode != 0 and "fast" in bad_type.stderr
+  no_cmd = jaxseg("--config=configs/demo.py", check=False)
+  assert no_cmd.returncode != 0 and "usage: jaxseg {train|evaluate|predict|bench}" in no_cmd.stderr
+
+
+def test_help_lists_every_flag():
+  out = jaxseg("--help", check=False).stdout
+  for flag in ("--config", "--workdir", "--checkpoint", "--split", "--input", "--output",
+               "--[no]overlay", "--what", "--bench_steps", "--coordinator_address"):
+    assert flag in out, flag
+
+
+@pytest.fixture(scope="module")
+def trained(lgg_root, tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("run"))
+  out = jaxseg("train", f"--workdir={workdir}", *TINY, f"--config.data.root={lgg_root}").stdout
+  return workdir, out
+
+
+def test_train_prints_progress_and_final_scores(trained):
+  _, out = trained
+  assert "step 2/4" in out and "img/s" in out and "ETA" in out
+  final = [line for line in out.splitlines() if line.startswith("final validation")]
+  assert final and "dice" in final[0] and "iou" in final[0]
+
+
+def test_rerun_resumes_instead_of_restarting(trained, lgg_root):
+  workdir, _ = trained
+  out = jaxseg("train", f"--workdir={workdir}", *TINY, f"--config.data.root={lgg_root}").stdout
+  assert "starting from checkpoint step 4 at step 4/4" in out
+
+
+def test_evaluate_reports_the_split(trained, lgg_root):
+  workdir, _ = trained
+  out = jaxseg("evaluate", f"--workdir={workdir}", *TINY, f"--config.data.root={lgg_root}",
+               "--split=test", "--checkpoint=latest").stdout
+  result = json.loads(out[out.index("{"):])
+  assert result["split"] == "test" and result["step"] == 4
+  assert 0 <= result["dice"] <= 1 and 0 <= result["iou"] <= 1
+  split = json.load(open(os.path.join(workdir, "split.json")))
+  assert result["num_images"] == 6 * len(split["test"])
+  assert os.path.exists(os.path.join(workdir, "eval_test_4.json"))
+
+
+def test_predict_writes_masks_of_the_input_size_and_overlays(trained, lgg_root, tmp_path):
+  workdir, _ = trained
+  patient = sorted(os.listdir(lgg_root))[0]
+  png = tmp_path / "in" / "slice.png"
+  png.parent.mkdir()
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 50, 3), np.uint8)).save(png)
+  out_dir = tmp_path / "out"
+  jaxseg("predict", f"--workdir={workdir}", *TINY, f"--input={lgg_root}/{patient},{png}",
+         f"--output={out_dir}", "--overlay")
+  masks = sorted(p for p in os.listdir(out_dir) if p.endswith("_pred.png"))
+  assert len(masks) == 7  # 6 slices of the patient (not their _mask files) + the png
+  m = np.asarray(Image.open(out_dir / "slice_pred.png"))
+  assert m.shape == (40, 50) and set(np.unique(m)) <= {0, 255}
+  tif_overlay = np.asarray(Image.open(out_dir / f"{patient}_1_overlay.png"))
+  assert tif_overlay.shape == (32, 96, 3)  # image | truth | prediction
+  assert np.asarray(Image.open(out_dir / "slice_overlay.png")).shape == (40, 100, 3)
+
+
+def test_bench_prints_step_and_loop_numbers():
+  out = jaxseg("bench", *TINY, "--bench_steps=3").stdout
+  assert "ms/step" in out and "GFLOP/step" in out and "compile" in out
+  assert "input wait" in out
+
+
+def test_missing_checkpoint_is_a_clear_error(tmp_path, lgg_root):
+  proc = jaxseg("evaluate", f"--workdir={tmp_path}", *TINY, f"--config.data.root={lgg_root}",
+                check=False)
+  assert proc.returncode != 0 and "no checkpoint" in proc.stderr
