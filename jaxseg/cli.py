@@ -49,8 +49,10 @@ def _init_distributed():
   import jax
 
   explicit = _COORDINATOR.value is not None
-  cluster = any(k in os.environ for k in (
-      "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JOBSET_NAME", "MEGASCALE_COORDINATOR_ADDRESS"))
+  # Environments where jax.distributed.initialize() finds the other processes by itself.
+  cluster = (int(os.environ.get("SLURM_NTASKS", "1")) > 1
+             or "," in os.environ.get("TPU_WORKER_HOSTNAMES", "")
+             or "MEGASCALE_COORDINATOR_ADDRESS" in os.environ)
   if _DISTRIBUTED.value == "off" or (_DISTRIBUTED.value == "auto" and not (explicit or cluster)):
     return
   if explicit and (_NUM_PROCESSES.value is None or _PROCESS_ID.value is None):

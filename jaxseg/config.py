@@ -46,7 +46,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.depth = 4
   c.model.batch_norm = True
   c.model.dropout = 0.0
-  c.model.dtype = "float32"  # compute dtype; parameters stay float32
+  c.model.dtype = "float32"  # compute dtype (bfloat16 for mixed precision); params stay float32
+  c.model.remat = False  # recompute block activations in the backward pass (saves memory)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.bce_weight = 1.0
@@ -54,8 +55,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.smooth = 1.0
 
   c.optim = ml_collections.ConfigDict()
-  c.optim.name = "adam"  # adam | adamw
+  c.optim.name = "adam"  # adam | adamw | sgd | rmsprop
   c.optim.lr = 1e-4
+  c.optim.momentum = 0.9  # sgd and rmsprop only
   c.optim.weight_decay = 0.0
   c.optim.warmup_steps = 0
   c.optim.min_lr = 0.0  # floor of the cosine decay
@@ -67,6 +69,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.eval_every = 250  # also the checkpoint interval; the last step always evaluates
   c.train.keep_checkpoints = 2  # latest N, plus the best by validation Dice
   c.train.threshold = 0.5  # probability threshold for Dice / IoU
+  c.train.grad_accum = 1  # micro-batches per optimizer step (batch_size must divide)
+  c.train.nan_policy = "stop"  # stop | skip: what a non-finite loss or gradient does
+
+  # Device mesh: 'data' splits the batch (-1 = all devices); 'model' is reserved for sharding
+  # parameters and must be 1 today.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1
+  c.mesh.model = 1
   return c
 
 

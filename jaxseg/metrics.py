@@ -57,6 +57,6 @@ def summarize(counts: np.ndarray, case_ids) -> dict:
       "dice_per_case": float(case_dice.mean()),
       "iou_per_case": float(case_iou.mean()),
       "dice_per_channel": glob_dice.tolist(),
-      "cases": {c: float(d) for c, d in zip(cases, case_dice.mean(-1))},
+      "cases": {c: float(d) for c, d in zip(cases, case_dice.mean(-1), strict=False)},
       "num_images": int(len(counts)),
   }

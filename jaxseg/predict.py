@@ -112,7 +112,7 @@ def predict_files(config, workdir: str, inputs, output: str, which: str = "best"
   for start in range(0, len(files), bs):
     chunk = files[start:start + bs]
     images = [read_image(p) for p in chunk]
-    for p, im in zip(chunk, images):
+    for p, im in zip(chunk, images, strict=False):
       if im.shape[-1] != config.data.in_channels:
         raise DataError(f"{p}: {im.shape[-1]} channels; the model takes "
                         f"{config.data.in_channels}")
@@ -120,7 +120,7 @@ def predict_files(config, workdir: str, inputs, output: str, which: str = "best"
              for im in images]
     batch = pad_batch([{"image": x["image"]} for x in items], bs)
     probs = np.asarray(jax.device_get(exp.predict_fn(state, exp.to_device(batch["image"]))))
-    for i, (path, image) in enumerate(zip(chunk, images)):
+    for i, (path, image) in enumerate(zip(chunk, images, strict=False)):
       prob = resize(probs[i], image.shape[:2], nearest=False)
       if task == "multiclass":
         mask = prob.argmax(-1).astype(np.uint8)

@@ -14,6 +14,7 @@ synthetic data) and then read back through the same `LGGSource` users run on the
 """
 
 import os
+import shutil
 
 import numpy as np
 import tifffile
@@ -32,9 +33,19 @@ def _write_slice(folder: str, case_id: str, n: int, image: np.ndarray, mask: np.
   tifffile.imwrite(os.path.join(folder, f"{case_id}_{n}_mask.tif"), mask)
 
 
+def _partial(root: str) -> str:
+  # Each process writes its own temporary folder and renames it into place, so an interrupted
+  # build never looks complete and several processes (hosts) building at once do not collide.
+  return f"{root}.partial-{os.uname().nodename}-{os.getpid()}"
+
+
 def _finish(root: str, tmp: str):
-  # Write into a temporary folder and rename, so an interrupted build never looks complete.
-  os.replace(tmp, root)
+  try:
+    os.rename(tmp, root)
+  except OSError:  # another process finished first: its copy is identical
+    if not os.path.isdir(root):
+      raise
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _pad_to(a: np.ndarray, size: int) -> np.ndarray:
@@ -56,7 +67,7 @@ def build_mni152(root: str) -> str:
   src = os.path.join(os.path.dirname(nilearn.datasets.__file__), "data")
   t1 = np.asarray(nib.load(os.path.join(src, "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")).dataobj)
   wm = np.asarray(nib.load(os.path.join(src, "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")).dataobj)
-  tmp = root + ".partial"
+  tmp = _partial(root)
   os.makedirs(tmp, exist_ok=True)
   for axis, name in enumerate(("SAG", "COR", "AX")):
     t1a, wma = np.moveaxis(t1, axis, 0), np.moveaxis(wm, axis, 0)
@@ -84,7 +95,7 @@ def write_synthetic(root: str, patients: int = 6, slices: int = 8, size: int = 6
   it in a few hundred steps; about a third of the slices have no blob (negatives, as in LGG).
   """
   rng = np.random.default_rng(seed)
-  tmp = root + ".partial"
+  tmp = _partial(root)
   yy, xx = np.mgrid[0:size, 0:size] / size
   for p in range(patients):
     case_id = f"SYN_{p:02d}_{seed:04d}0101"

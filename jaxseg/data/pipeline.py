@@ -9,9 +9,9 @@ import queue
 import threading
 
 import grain
-from absl import flags
 import jax
 import numpy as np
+from absl import flags
 
 from jaxseg.data import builtin, splits
 from jaxseg.data.sources.lgg import LGGSource

@@ -8,6 +8,7 @@ later run, evaluation and prediction in that workdir.
 import json
 import os
 
+import jax
 import numpy as np
 
 from jaxseg.errors import DataError
@@ -59,10 +60,11 @@ def load_or_make_split(workdir: str, case_ids, split_cfg, strata_fn) -> dict:
       raise DataError(f"{path}: names cases not in the dataset: {missing[:5]}")
     return split
   strata = strata_fn() if split_cfg.stratify else None
+  # Every process computes the same split from the same seed; only process 0 writes it.
   split = split_cases(case_ids, split_cfg.val, split_cfg.test, split_cfg.seed, strata)
-  if path:
+  if path and jax.process_index() == 0:
     os.makedirs(workdir, exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w") as f:
       json.dump(split, f, indent=1)
     os.replace(tmp, path)

@@ -13,7 +13,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 def _unet(m, in_channels, out_channels):
   del in_channels  # inferred from the input at init
   return UNet(out_channels=out_channels, features=m.features, depth=m.depth,
-              batch_norm=m.batch_norm, dropout=m.dropout, dtype=DTYPES[m.dtype])
+              batch_norm=m.batch_norm, dropout=m.dropout, dtype=DTYPES[m.dtype], remat=m.remat)
 
 
 REGISTRY = {"unet": _unet}

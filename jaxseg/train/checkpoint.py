@@ -27,8 +27,10 @@ class Checkpoints:
                            keep_checkpoints_without_metrics=False),
         ]),
     )
-    self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "data"))
+    self._manager = ocp.CheckpointManager(
+        self.directory, options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
 
   def latest_step(self):
     return self._manager.latest_step()
@@ -52,9 +54,15 @@ class Checkpoints:
     return out["state"], out["data"]
 
   def read(self, step: int):
-    """(state as saved, as nested dicts of numpy arrays; data_state), with no target needed."""
+    """(state as nested dicts of arrays on one local device; data_state), needing no target.
+
+    Works whatever topology the checkpoint was saved with (8 GPUs, a pod slice...).
+    """
+    meta = self._manager.item_metadata(step)["state"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), meta)
     out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+        state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()))
     return out["state"], out["data"]
 
   def resolve(self, which: str) -> int:

@@ -15,7 +15,9 @@ import numpy as np
 from jaxseg import models
 from jaxseg.data import pipeline
 from jaxseg.metrics import summarize
-from jaxseg.train import parallel, state as state_lib, step as step_lib
+from jaxseg.train import parallel
+from jaxseg.train import state as state_lib
+from jaxseg.train import step as step_lib
 from jaxseg.train.checkpoint import Checkpoints
 
 log = logging.getLogger("jaxseg")
@@ -31,17 +33,26 @@ class Experiment:
     if not d.image_size:
       raise ValueError("data.image_size must be set (> 0): batches need one fixed shape")
     self.input_shape = (d.image_size, d.image_size, d.in_channels)
-    self.mesh = parallel.make_mesh()
+    self.mesh = parallel.make_mesh(config.mesh)
     self.replicated = parallel.replicated(self.mesh)
     self.batch_sharding = parallel.batch_sharding(self.mesh)
     self.model = models.build(config.model, d.in_channels, d.num_classes)
     self.total_steps = total_steps or config.train.steps
     self.tx = state_lib.make_optimizer(config.optim, self.total_steps)
     self.lr_schedule = state_lib.learning_rate_schedule(config.optim, self.total_steps)
-    thr = config.train.threshold
+    thr, tc = config.train.threshold, config.train
+    if tc.nan_policy not in ("stop", "skip"):
+      raise ValueError(f"train.nan_policy={tc.nan_policy!r}; known: stop, skip")
+    per_device = d.batch_size // self.mesh.shape[parallel.DATA_AXIS]
+    if d.batch_size % self.mesh.shape[parallel.DATA_AXIS] or per_device % tc.grad_accum:
+      raise ValueError(f"data.batch_size={d.batch_size} must split over "
+                       f"{self.mesh.shape[parallel.DATA_AXIS]} devices x train.grad_accum="
+                       f"{tc.grad_accum} micro-batches")
     r, b = self.replicated, self.batch_sharding
     self.train_step = jax.jit(
-        step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr),
+        step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr,
+                                 accum_steps=tc.grad_accum,
+                                 skip_nonfinite=tc.nan_policy == "skip"),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr),
                              in_shardings=(r, b), out_shardings=(b, r))
@@ -117,7 +128,7 @@ class Experiment:
       arrays = self.to_device(device)
       counts, loss_sum = self.eval_step(state, arrays)
       outs.append((counts, loss_sum, arrays["valid"], arrays["case_index"]))
-    counts, loss_sum, valid, case_index = (parallel.to_host(list(x)) for x in zip(*outs))
+    counts, loss_sum, valid, case_index = (parallel.to_host(list(x)) for x in zip(*outs, strict=False))
     valid = np.concatenate(valid) > 0
     counts = np.concatenate(counts)[valid]
     names = [case_ids[i] for i in np.concatenate(case_index)[valid]]

@@ -20,6 +20,7 @@ from jaxseg.metrics import dice_iou
 from jaxseg.train import step as step_lib
 from jaxseg.train.checkpoint import BEST_METRIC
 from jaxseg.train.experiment import Experiment
+from jaxseg.train.parallel import to_host
 
 log = logging.getLogger("jaxseg")
 
@@ -79,7 +80,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
        f"{len(sources['test'])} test slices from {sources['train'].root}")
 
   state, data_state, origin = exp.restore_or_init("latest")
-  start = int(jax.device_get(state.step))
+  start = int(to_host(state.step))
   echo(f"model {config.model.name}: {_param_count(state):,} parameters; starting from {origin} "
        f"at step {start}/{total} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
 
@@ -112,17 +113,20 @@ def train_and_evaluate(config, workdir: str) -> dict:
       done = step + 1
       is_eval = done % tc.eval_every == 0 or done == total
       if done % tc.log_every == 0 or is_eval or preempt.requested:
-        host = jax.device_get(acc)
-        if host["nonfinite_step"] >= 0:
+        host = to_host(acc)
+        if host["nonfinite_step"] >= 0 and tc.nan_policy == "stop":
           raise TrainingError(
               f"loss is not finite at step {int(host['nonfinite_step'])}; stopped. Checkpoints "
-              f"(last saved at step {last_saved}) were not overwritten.")
+              f"(last saved at step {last_saved}) were not overwritten. "
+              "(--config.train.nan_policy=skip skips such steps instead.)")
         now = time.perf_counter()
         n_img = (done - window_start) * config.data.batch_size
         rate = n_img / max(now - window_t0, 1e-9)
         sec_per_step = (now - loop_t0) / (done - start)
         dice, iou = dice_iou(host["counts"])
-        rec = {"step": done, "split": "train", "loss": float(host["loss_sum"] / host["steps"]),
+        rec = {"step": done, "split": "train",
+               "loss": float(host["loss_sum"] / max(host["steps"], 1)),
+               "skipped_steps": int(host["skipped"]),
                "dice": float(np.mean(dice)), "iou": float(np.mean(iou)),
                "lr": float(exp.lr_schedule(step)), "images_per_s": rate,
                "data_wait": wait_s / max(now - window_t0, 1e-9),
@@ -130,7 +134,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         writer.write(rec)
         echo(f"step {done}/{total} | epoch {rec['epoch']:.1f} | loss {rec['loss']:.4f} | "
              f"dice {rec['dice']:.3f} | lr {rec['lr']:.2e} | {rate:.1f} img/s | "
-             f"data wait {100 * rec['data_wait']:.0f}% | ETA {_fmt_time(sec_per_step * (total - done))}")
+             f"data wait {100 * rec['data_wait']:.0f}% | ETA {_fmt_time(sec_per_step * (total - done))}"
+             + (f" | skipped {rec['skipped_steps']} non-finite steps" if rec["skipped_steps"] else ""))
         acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
         window_t0, window_start, wait_s = time.perf_counter(), done, 0.0
       if is_eval:

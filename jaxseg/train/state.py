@@ -32,8 +32,16 @@ def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
       opt = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay), opt)
   elif optim_cfg.name == "adamw":
     opt = optax.adamw(schedule, weight_decay=optim_cfg.weight_decay)
+  elif optim_cfg.name in ("sgd", "rmsprop"):
+    if optim_cfg.name == "sgd":
+      opt = optax.sgd(schedule, momentum=optim_cfg.momentum or None)
+    else:  # torch.optim.RMSprop's defaults: alpha 0.99, eps 1e-8 added outside the sqrt
+      opt = optax.rmsprop(schedule, decay=0.99, eps=1e-8, momentum=optim_cfg.momentum or None,
+                          eps_in_sqrt=False)
+    if optim_cfg.weight_decay:
+      opt = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay), opt)
   else:
-    raise ValueError(f"optim.name={optim_cfg.name!r}; known: adam, adamw")
+    raise ValueError(f"optim.name={optim_cfg.name!r}; known: adam, adamw, sgd, rmsprop")
   if optim_cfg.grad_clip:
     opt = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), opt)
   return opt

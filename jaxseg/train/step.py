@@ -11,39 +11,84 @@ import optax
 from jaxseg import losses, metrics
 
 
-def _variables(state, params):
+def _variables(batch_stats, params):
   v = {"params": params}
-  if state.batch_stats:
-    v["batch_stats"] = state.batch_stats
+  if batch_stats:
+    v["batch_stats"] = batch_stats
   return v
 
 
 def zero_accumulator(num_channels: int) -> dict:
   return {"loss_sum": jnp.zeros((), jnp.float32), "steps": jnp.zeros((), jnp.int32),
           "counts": jnp.zeros((num_channels, 3), jnp.float32),
+          "skipped": jnp.zeros((), jnp.int32),
           # first step whose loss was not finite, -1 while none was
           "nonfinite_step": jnp.full((), -1, jnp.int32)}
 
 
-def make_train_step(model, tx, task: str, loss_cfg, threshold: float):
-  def train_step(state, batch, acc):
-    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+def micro_batches(batch: dict, n: int) -> dict:
+  """[B, ...] -> [n, B/n, ...] with micro-batch i = rows i, i+n, i+2n, ...
 
+  Strided rather than contiguous so that each device keeps its own rows: with the batch sharded
+  in contiguous blocks over devices, every micro-batch then has rows on every device.
+  """
+  def split(x):
+    if x.shape[0] % n:
+      raise ValueError(f"batch of {x.shape[0]} does not split into {n} micro-batches")
+    return jnp.swapaxes(x.reshape(x.shape[0] // n, n, *x.shape[1:]), 0, 1)
+  return jax.tree.map(split, batch)
+
+
+def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_steps: int = 1,
+                    skip_nonfinite: bool = False):
+  """The train step. With accum_steps > 1 the batch is split into micro-batches whose gradients
+  are averaged before one optimizer update (BatchNorm then sees micro-batch statistics, as in
+  PyTorch). With skip_nonfinite a step whose loss or gradients are not finite leaves the state
+  unchanged (and is counted) instead of poisoning it."""
+
+  def grads_and_stats(params, batch_stats, batch, rng):
     def loss_fn(params):
-      logits, updates = model.apply(_variables(state, params), batch["image"], train=True,
+      logits, updates = model.apply(_variables(batch_stats, params), batch["image"], train=True,
                                     mutable=["batch_stats"], rngs={"dropout": rng})
       return losses.seg_loss(logits, batch["mask"], task, loss_cfg), (logits, updates)
 
-    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    counts = metrics.confusion(jax.lax.stop_gradient(logits), batch["mask"], task, threshold)
+    return loss, grads, updates.get("batch_stats", batch_stats), counts.sum(0)
+
+  def train_step(state, batch, acc):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if accum_steps == 1:
+      loss, grads, batch_stats, counts = grads_and_stats(state.params, state.batch_stats,
+                                                         batch, rng)
+    else:
+      def body(carry, xs):
+        grads_sum, loss_sum, counts_sum, stats = carry
+        i, micro = xs
+        loss, grads, stats, counts = grads_and_stats(state.params, stats, micro,
+                                                     jax.random.fold_in(rng, i))
+        return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss,
+                counts_sum + counts, stats), None
+
+      zeros = jax.tree.map(jnp.zeros_like, state.params)
+      init = (zeros, jnp.zeros((), jnp.float32), acc["counts"] * 0, state.batch_stats)
+      (grads, loss, counts, batch_stats), _ = jax.lax.scan(
+          body, init, (jnp.arange(accum_steps), micro_batches(batch, accum_steps)))
+      grads = jax.tree.map(lambda g: g / accum_steps, grads)
+      loss = loss / accum_steps
+
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, deltas),
-                              batch_stats=updates.get("batch_stats", state.batch_stats),
-                              opt_state=opt_state)
-    counts = metrics.confusion(jax.lax.stop_gradient(logits), batch["mask"], task, threshold)
-    finite = jnp.isfinite(loss)
-    acc = {"loss_sum": acc["loss_sum"] + loss, "steps": acc["steps"] + 1,
-           "counts": acc["counts"] + counts.sum(0),
+                              batch_stats=batch_stats, opt_state=opt_state)
+    finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+    if skip_nonfinite:
+      kept = state.replace(step=state.step + 1)
+      new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, kept)
+    acc = {"loss_sum": acc["loss_sum"] + jnp.where(finite, loss, 0.0),
+           "steps": acc["steps"] + finite.astype(jnp.int32),
+           "counts": acc["counts"] + counts,
+           "skipped": acc["skipped"] + (~finite).astype(jnp.int32),
            "nonfinite_step": jnp.where((acc["nonfinite_step"] < 0) & ~finite, state.step,
                                        acc["nonfinite_step"])}
     return new_state, acc
@@ -54,7 +99,7 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float):
 def make_eval_step(model, task: str, loss_cfg, threshold: float):
   def eval_step(state, batch):
     """Per-example counts [B, K, 3] (zero on padding rows) and the summed loss."""
-    logits = model.apply(_variables(state, state.params), batch["image"], train=False)
+    logits = model.apply(_variables(state.batch_stats, state.params), batch["image"], train=False)
     valid = batch["valid"]
     counts = metrics.confusion(logits, batch["mask"], task, threshold)
     counts = counts * valid[:, None, None]
@@ -66,7 +111,7 @@ def make_eval_step(model, task: str, loss_cfg, threshold: float):
 
 def make_predict_fn(model, task: str):
   def predict(state, images):
-    logits = model.apply(_variables(state, state.params), images, train=False)
+    logits = model.apply(_variables(state.batch_stats, state.params), images, train=False)
     return losses.probabilities(logits, task)
 
   return predict
