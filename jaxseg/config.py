@@ -21,6 +21,7 @@ def default_config() -> ml_collections.ConfigDict:
   # synthetic patients (tests, benchmarks) into the workdir.
   c.data.root = ""
   c.data.image_size = 256  # square side after resizing; 0 keeps the native size
+  c.data.depth = 0  # slices per 3-D sample ([D, H, W, C] input); 0 for 2-D images
   c.data.in_channels = 3
   c.data.num_classes = 1  # output channels (binary / multi-label) or classes (multi-class)
   c.data.task = "binary"  # binary | multilabel | multiclass
@@ -44,8 +45,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.name = "unet"
   c.model.features = 32
   c.model.depth = 4
-  c.model.batch_norm = True
-  c.model.dropout = 0.0
+  c.model.norm = "batch"  # batch | group | instance | none (project D: batch vs none)
+  c.model.dropout = 0.0  # channel dropout after each conv block's activations
+  c.model.residual = False  # unet: residual blocks
   c.model.dtype = "float32"  # compute dtype (bfloat16 for mixed precision); params stay float32
   c.model.remat = False  # recompute block activations in the backward pass (saves memory)
 

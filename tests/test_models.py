@@ -30,7 +30,7 @@ def test_unet_output_shape_is_logits_per_pixel(size, depth):
 def test_batch_norm_off_removes_stats_and_adds_conv_bias():
   on = models.variable_shapes(models.build(_unet_cfg(features=4, depth=2), 1, 1), (16, 16, 1))
   off = models.variable_shapes(
-      models.build(_unet_cfg(features=4, depth=2, batch_norm=False), 1, 1), (16, 16, 1))
+      models.build(_unet_cfg(features=4, depth=2, norm="none"), 1, 1), (16, 16, 1))
   assert "batch_stats" in on and "batch_stats" not in off
   # Each of the 10 convs swaps BN scale+bias (2F) for a conv bias (F).
   n_on, n_off = models.count_params(on["params"]), models.count_params(off["params"])
@@ -52,3 +52,54 @@ def test_flops_reported_and_unknown_model_rejected():
   assert models.forward_flops(m, v, (32, 32, 3)) > 1e6
   with pytest.raises(ValueError, match="model.name='nope'"):
     models.build(ConfigDict({"name": "nope"}), 3, 1)
+
+
+def _count(name, shape, out, **kw):
+  m = models.build(_unet_cfg(name=name, **kw), shape[-1], out)
+  return models.count_params(models.variable_shapes(m, shape)["params"])
+
+
+@pytest.mark.parametrize("name,shape,out,kw,expected", [
+    # UNeXt reference (Valanarasu & Patel): about 1.47 M; this is the reference layout exactly.
+    ("unext", (256, 256, 3), 1, {"features": 16}, 1_471_921),
+    ("resunet", (256, 256, 3), 1, {"features": 64, "depth": 3}, 8_047_105),
+    # BraTS 2-D net (reference 1,962,532) and 3-D net (reference 5,649,652).
+    ("unet", (160, 160, 2), 4, {"features": 16}, 1_942_484),
+    ("unet3d", (32, 32, 32, 4), 4, {"features": 16}, 5_647_732),
+    # GI-tract from-scratch residual encoder-decoder (reference 25,436,486).
+    ("unet", (224, 224, 3), 3, {"features": 56, "residual": True, "dropout": 0.1}, 24_836_451),
+])
+def test_parameter_counts_of_the_reference_networks(name, shape, out, kw, expected):
+  assert _count(name, shape, out, **kw) == expected
+
+
+def test_unext_is_within_2_percent_of_the_reference_count():
+  assert abs(_count("unext", (256, 256, 3), 1, features=16) - 1.47e6) / 1.47e6 < 0.02
+
+
+@pytest.mark.parametrize("name,shape,kw", [
+    ("unet3d", (16, 16, 16, 2), {"features": 4, "depth": 2, "norm": "instance"}),
+    ("resunet", (32, 32, 3), {"features": 4, "depth": 2}),
+    ("resunet", (16, 16, 16, 2), {"features": 4, "depth": 2, "norm": "group"}),
+    ("unext", (64, 64, 3), {"features": 4}),
+])
+def test_family_output_shapes(name, shape, kw):
+  m = models.build(_unet_cfg(name=name, **kw), shape[-1], 3)
+  v = models.init_variables(m, shape)
+  out = jax.jit(lambda v, x: m.apply(v, x, train=False))(v, jnp.ones((2, *shape)))
+  assert out.shape == (2, *shape[:-1], 3) and out.dtype == jnp.float32
+
+
+def test_unext_rejects_sizes_not_divisible_by_32():
+  m = models.build(_unet_cfg(name="unext", features=4), 3, 1)
+  with pytest.raises(ValueError, match="divisible by 32"):
+    models.variable_shapes(m, (48, 48, 3))
+
+
+def test_shift_tokens_moves_each_channel_group_by_its_offset():
+  from jaxseg.models.unext import shift_tokens
+  x = jnp.zeros((1, 1, 7, 5)).at[0, 0, 3, :].set(1.0)  # one token, 5 groups of 1 channel
+  y = shift_tokens(x, axis=2)
+  # group g moves by g - 2 along the width; zeros come in from the border
+  assert [int(jnp.argmax(y[0, 0, :, g])) for g in range(5)] == [1, 2, 3, 4, 5]
+  assert float(y.sum()) == 5.0

@@ -95,7 +95,7 @@ def test_partially_written_checkpoint_is_never_latest(lgg_root, tmp_path):
 
 def _experiment(lgg_root, **train):
   c = tiny_config(lgg_root)
-  c.model.batch_norm = False  # micro-batch BN statistics differ from big-batch ones by design
+  c.model.norm = "none"  # micro-batch BN statistics differ from big-batch ones by design
   c.optim.name, c.optim.lr = "sgd", 0.1
   c.train.update(train)
   return Experiment(c, "")

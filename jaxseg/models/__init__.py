@@ -5,18 +5,32 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxseg.models.resunet import ResUNet
 from jaxseg.models.unet import UNet
+from jaxseg.models.unext import UNeXt
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+# Each constructor takes (model config, input channels, output channels); input channels are
+# inferred from the data at init, so none needs them today. The same UNet and ResUNet modules
+# are 3-D networks on [B, D, H, W, C] input.
 def _unet(m, in_channels, out_channels):
-  del in_channels  # inferred from the input at init
-  return UNet(out_channels=out_channels, features=m.features, depth=m.depth,
-              batch_norm=m.batch_norm, dropout=m.dropout, dtype=DTYPES[m.dtype], remat=m.remat)
+  return UNet(out_channels=out_channels, features=m.features, depth=m.depth, norm=m.norm,
+              dropout=m.dropout, dtype=DTYPES[m.dtype], remat=m.remat, residual=m.residual)
 
 
-REGISTRY = {"unet": _unet}
+def _resunet(m, in_channels, out_channels):
+  return ResUNet(out_channels=out_channels, features=m.features, depth=m.depth, norm=m.norm,
+                 dtype=DTYPES[m.dtype])
+
+
+def _unext(m, in_channels, out_channels):
+  return UNeXt(out_channels=out_channels, features=m.features, norm=m.norm,
+               dtype=DTYPES[m.dtype])
+
+
+REGISTRY = {"unet": _unet, "unet3d": _unet, "resunet": _resunet, "unext": _unext}
 
 
 def build(model_cfg, in_channels: int, out_channels: int):

@@ -32,7 +32,9 @@ class Experiment:
       raise ValueError(f"data.task={d.task!r}; known: binary, multilabel, multiclass")
     if not d.image_size:
       raise ValueError("data.image_size must be set (> 0): batches need one fixed shape")
-    self.input_shape = (d.image_size, d.image_size, d.in_channels)
+    # [D, H, W, C] volumes when data.depth > 0, else [H, W, C] images.
+    self.input_shape = ((d.depth,) if d.depth else ()) + (d.image_size, d.image_size,
+                                                           d.in_channels)
     self.mesh = parallel.make_mesh(config.mesh)
     self.replicated = parallel.replicated(self.mesh)
     self.batch_sharding = parallel.batch_sharding(self.mesh)
@@ -99,7 +101,7 @@ class Experiment:
 
   def abstract_batch(self) -> dict:
     bs = self.config.data.batch_size
-    mask_shape = (bs, *self.input_shape[:2])
+    mask_shape = (bs, *self.input_shape[:-1])
     if self.config.data.task != "multiclass":
       mask_shape += (self.config.data.num_classes,)
     mk = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding)  # noqa: E731
