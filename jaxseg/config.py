@@ -48,6 +48,13 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.norm = "batch"  # batch | group | instance | none (project D: batch vs none)
   c.model.dropout = 0.0  # channel dropout after each conv block's activations
   c.model.residual = False  # unet: residual blocks
+  # Encoder models (unet_vgg16, unet_resnet50): encoder stages to freeze, comma-separated
+  # (resnet50: stem, layer1..layer4; vgg16: block1..block5). Frozen stages get no updates and
+  # keep their BatchNorm statistics.
+  c.model.freeze = ""
+  # A torchvision state dict (.pth or .safetensors) for the encoder, loaded when a run starts
+  # from scratch.
+  c.model.pretrained = ""
   c.model.dtype = "float32"  # compute dtype (bfloat16 for mixed precision); params stay float32
   c.model.remat = False  # recompute block activations in the backward pass (saves memory)
 

@@ -5,6 +5,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxseg.models.encoder_unet import EncoderUNet
+from jaxseg.models.encoders import ENCODERS
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.unet import UNet
 from jaxseg.models.unext import UNeXt
@@ -30,7 +32,39 @@ def _unext(m, in_channels, out_channels):
                dtype=DTYPES[m.dtype])
 
 
-REGISTRY = {"unet": _unet, "unet3d": _unet, "resunet": _resunet, "unext": _unext}
+def _encoder_unet(encoder):
+  def build(m, in_channels, out_channels):
+    if in_channels != 3:
+      raise ValueError(f"the {encoder} encoder takes 3 input channels, data has {in_channels}")
+    return EncoderUNet(encoder=encoder, out_channels=out_channels, features=m.features,
+                       norm=m.norm, dtype=DTYPES[m.dtype])
+  return build
+
+
+REGISTRY = {"unet": _unet, "unet3d": _unet, "resunet": _resunet, "unext": _unext,
+            "unet_vgg16": _encoder_unet("vgg16"), "unet_resnet50": _encoder_unet("resnet50")}
+
+
+def frozen_mask(model_cfg, tree):
+  """Same structure as `tree` (params or batch_stats): True where the leaf belongs to a frozen
+  encoder stage named in `model.freeze` (comma-separated, e.g. 'stem,layer1,layer2')."""
+  stages = {s.strip() for s in model_cfg.freeze.split(",") if s.strip()}
+  if not stages:
+    return jax.tree.map(lambda _: False, tree)
+  encoder = ENCODERS.get(model_cfg.name.removeprefix("unet_"))
+  if encoder is None:
+    raise ValueError(f"model.freeze={model_cfg.freeze!r} needs an encoder model "
+                     f"({', '.join('unet_' + e for e in ENCODERS)}), not {model_cfg.name!r}")
+  known = set(encoder.STAGES)
+  if stages - known:
+    raise ValueError(f"model.freeze: unknown stages {sorted(stages - known)}; {model_cfg.name} "
+                     f"has {sorted(known)}")
+
+  def frozen(path, _):
+    keys = [getattr(k, "key", str(k)) for k in path]
+    return keys[0] == "encoder" and encoder.stage_of(keys[1]) in stages
+
+  return jax.tree_util.tree_map_with_path(frozen, tree)
 
 
 def build(model_cfg, in_channels: int, out_channels: int):

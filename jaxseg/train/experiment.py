@@ -15,6 +15,7 @@ import numpy as np
 from jaxseg import models
 from jaxseg.data import pipeline
 from jaxseg.metrics import summarize
+from jaxseg.models import pretrained
 from jaxseg.train import parallel
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
@@ -40,7 +41,10 @@ class Experiment:
     self.batch_sharding = parallel.batch_sharding(self.mesh)
     self.model = models.build(config.model, d.in_channels, d.num_classes)
     self.total_steps = total_steps or config.train.steps
-    self.tx = state_lib.make_optimizer(config.optim, self.total_steps)
+    shapes = models.variable_shapes(self.model, self.input_shape)
+    frozen_params = models.frozen_mask(config.model, shapes["params"])
+    frozen_stats = models.frozen_mask(config.model, shapes.get("batch_stats", {}))
+    self.tx = state_lib.make_optimizer(config.optim, self.total_steps, frozen_params)
     self.lr_schedule = state_lib.learning_rate_schedule(config.optim, self.total_steps)
     thr, tc = config.train.threshold, config.train
     if tc.nan_policy not in ("stop", "skip"):
@@ -54,7 +58,8 @@ class Experiment:
     self.train_step = jax.jit(
         step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr,
                                  accum_steps=tc.grad_accum,
-                                 skip_nonfinite=tc.nan_policy == "skip"),
+                                 skip_nonfinite=tc.nan_policy == "skip",
+                                 frozen_stats=frozen_stats),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr),
                              in_shardings=(r, b), out_shardings=(b, r))
@@ -77,6 +82,13 @@ class Experiment:
       return state, data_state, f"checkpoint step {step}"
     if self.config.init_from:
       return self._load_weights(state, self.config.init_from), None, self.config.init_from
+    if self.config.model.pretrained:
+      params, stats = pretrained.load_encoder(self.config.model.pretrained,
+                                              parallel.to_host(state.params),
+                                              parallel.to_host(state.batch_stats))
+      state = state.replace(params=jax.device_put(params, self.replicated),
+                            batch_stats=jax.device_put(stats, self.replicated))
+      return state, None, f"scratch with encoder weights {self.config.model.pretrained}"
     return state, None, "scratch"
 
   def _load_weights(self, state, path: str):

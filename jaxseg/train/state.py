@@ -24,7 +24,17 @@ def learning_rate_schedule(optim_cfg, total_steps: int):
       warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.min_lr)
 
 
-def make_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(optim_cfg, total_steps: int, frozen=None) -> optax.GradientTransformation:
+  """The configured optimizer; leaves where the `frozen` mask (a params-shaped tree of bools) is
+  True get zero updates and no optimizer state."""
+  opt = _base_optimizer(optim_cfg, total_steps)
+  if frozen is None or not any(jax.tree.leaves(frozen)):
+    return opt
+  labels = jax.tree.map(lambda f: "frozen" if f else "train", frozen)
+  return optax.multi_transform({"train": opt, "frozen": optax.set_to_zero()}, labels)
+
+
+def _base_optimizer(optim_cfg, total_steps: int) -> optax.GradientTransformation:
   schedule = learning_rate_schedule(optim_cfg, total_steps)
   if optim_cfg.name == "adam":
     opt = optax.adam(schedule)

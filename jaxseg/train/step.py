@@ -40,11 +40,12 @@ def micro_batches(batch: dict, n: int) -> dict:
 
 
 def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_steps: int = 1,
-                    skip_nonfinite: bool = False):
+                    skip_nonfinite: bool = False, frozen_stats=None):
   """The train step. With accum_steps > 1 the batch is split into micro-batches whose gradients
   are averaged before one optimizer update (BatchNorm then sees micro-batch statistics, as in
   PyTorch). With skip_nonfinite a step whose loss or gradients are not finite leaves the state
-  unchanged (and is counted) instead of poisoning it."""
+  unchanged (and is counted) instead of poisoning it. `frozen_stats` (a batch_stats-shaped tree
+  of Python bools) keeps the statistics of frozen layers as they were."""
 
   def grads_and_stats(params, batch_stats, batch, rng):
     def loss_fn(params):
@@ -77,6 +78,9 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_step
       grads = jax.tree.map(lambda g: g / accum_steps, grads)
       loss = loss / accum_steps
 
+    if frozen_stats is not None:
+      batch_stats = jax.tree.map(lambda frozen, new, old: old if frozen else new,
+                                 frozen_stats, batch_stats, state.batch_stats)
     deltas, opt_state = tx.update(grads, state.opt_state, state.params)
     new_state = state.replace(step=state.step + 1,
                               params=optax.apply_updates(state.params, deltas),
