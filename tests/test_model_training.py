@@ -25,7 +25,7 @@ def _toy_batch(shape, batch=4):
 
 
 @pytest.mark.parametrize("name,size,depth,kw", [
-    ("unet", 32, 0, {"features": 4, "depth": 2}),
+    ("unet", 32, 0, {"features": 4, "depth": 2, "dropout": 0.1, "residual": True}),
     ("unet3d", 16, 8, {"features": 4, "depth": 2, "norm": "group"}),
     ("resunet", 32, 0, {"features": 4, "depth": 2}),
     ("unext", 32, 0, {"features": 8}),

@@ -22,7 +22,10 @@ def make_mesh(mesh_cfg=None) -> jax.sharding.Mesh:
     raise ValueError("mesh.model > 1 (parameter sharding) is not supported yet")
   if data * model != n:
     raise ValueError(f"mesh data={data} x model={model} does not match {n} devices")
-  return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS))
+  # Auto axes: XLA propagates shardings through the step (GSPMD). jax's default, Explicit axes,
+  # puts shardings into types, which library code such as Flax's Dropout does not handle.
+  auto = jax.sharding.AxisType.Auto
+  return jax.make_mesh((data, model), (DATA_AXIS, MODEL_AXIS), axis_types=(auto, auto))
 
 
 def batch_sharding(mesh) -> NamedSharding:

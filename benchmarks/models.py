@@ -1,0 +1,103 @@
+"""Train-step benchmark of every registry model at its project's input size.
+
+  .venv/bin/python benchmarks/models.py --steps=20 --batch=4            # writes benchmarks/results/
+  .venv/bin/python benchmarks/models.py --steps=50 --batch=16 --dtype=bfloat16   # on a GPU
+
+For each model: parameters, forward FLOPs per example (XLA cost analysis), compile time, median
+train-step time and images/s. Results go to a markdown table and a JSON file named after the
+date and device, with the jax version and git commit, so numbers from different runs are never
+mixed up. Compare models only within one file: these machines are noisy across runs.
+"""
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+
+import jax
+from absl import app, flags
+
+from jaxseg import models
+from jaxseg.bench import bench_step
+from jaxseg.config import default_config
+
+# name: (model overrides, data overrides) -- the projects' networks and input sizes.
+SUITE = {
+    "unet (LGG, Buda)": ({"name": "unet", "features": 32}, {"image_size": 256}),
+    "unet_vgg16 (LGG)": ({"name": "unet_vgg16", "features": 16}, {"image_size": 256}),
+    "unet_resnet50 (LGG)": ({"name": "unet_resnet50", "features": 16}, {"image_size": 256}),
+    "resunet (LGG)": ({"name": "resunet", "features": 64, "depth": 3}, {"image_size": 256}),
+    "unext (LGG)": ({"name": "unext", "features": 16}, {"image_size": 256}),
+    "unet residual (GI scratch)": ({"name": "unet", "features": 56, "residual": True,
+                                    "dropout": 0.1}, {"image_size": 224, "num_classes": 3,
+                                                      "task": "multilabel"}),
+    "unet (BraTS 2-D)": ({"name": "unet", "features": 16},
+                         {"image_size": 160, "in_channels": 2, "num_classes": 4,
+                          "task": "multiclass"}),
+    "unet3d (BraTS 3-D, 64^3 crop)": ({"name": "unet3d", "features": 16, "norm": "group"},
+                                       {"image_size": 64, "depth": 64, "in_channels": 4,
+                                        "num_classes": 4, "task": "multiclass"}),
+}
+
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps per model")
+_BATCH = flags.DEFINE_integer("batch", 4, "global batch (3-D rows use 1)")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
+_ONLY = flags.DEFINE_list("only", [], "substrings of suite names to run")
+_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
+
+
+def _commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, cwd=os.path.dirname(__file__)).stdout.strip()
+  except OSError:
+    return "unknown"
+
+
+def main(argv):
+  del argv
+  rows = []
+  for name, (model_kw, data_kw) in SUITE.items():
+    if _ONLY.value and not any(s in name for s in _ONLY.value):
+      continue
+    c = default_config()
+    c.model.update(model_kw)
+    c.data.update(data_kw)
+    c.model.dtype = _DTYPE.value
+    c.data.batch_size = 1 if c.data.depth else _BATCH.value
+    m = models.build(c.model, c.data.in_channels, c.data.num_classes)
+    shape = ((c.data.depth,) if c.data.depth else ()) + (c.data.image_size,) * 2 + (
+        c.data.in_channels,)
+    variables = models.init_variables(m, shape)
+    r = bench_step(c, steps=_STEPS.value, warmup=2)
+    r.update(name=name, params=models.count_params(variables["params"]),
+             gflop_fwd_per_example=models.forward_flops(m, variables, shape) / 1e9,
+             input="x".join(map(str, shape)))
+    rows.append(r)
+    print(f"{name}: {r['params']:,} params | {r['gflop_fwd_per_example']:.2f} GFLOP fwd/ex | "
+          f"{r['ms_per_step']:.0f} ms/step | {r['images_per_s']:.2f} img/s", flush=True)
+  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+          "platform": jax.devices()[0].platform, "devices": jax.device_count(),
+          "jax": jax.__version__, "commit": _commit(), "command": " ".join(sys.argv),
+          "dtype": _DTYPE.value}
+  os.makedirs(_OUT.value, exist_ok=True)
+  subset = "-" + "-".join(_ONLY.value) if _ONLY.value else ""
+  stem = os.path.join(_OUT.value,
+                      f"models-{meta['date']}-{meta['platform']}-{_DTYPE.value}{subset}")
+  with open(stem + ".json", "w") as f:
+    json.dump({"meta": meta, "rows": rows}, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(f"{meta['date']} · {meta['devices']}x {meta['device']} · jax {meta['jax']} · "
+            f"commit {meta['commit']} · `{meta['command']}`\n\n")
+    f.write("| model | input | batch | params | GFLOP fwd / example | compile s | ms / step "
+            "| images / s |\n|---|---|---|---|---|---|---|---|\n")
+    for r in rows:
+      f.write(f"| {r['name']} | {r['input']} | {r['batch']} | {r['params']:,} | "
+              f"{r['gflop_fwd_per_example']:.2f} | {r['compile_s']:.1f} | "
+              f"{r['ms_per_step']:.0f} | {r['images_per_s']:.2f} |\n")
+  print(f"wrote {stem}.md and .json")
+
+
+if __name__ == "__main__":
+  app.run(main)
