@@ -109,3 +109,19 @@ def test_mask_as_0_1_is_accepted(tmp_path):
   image, mask = _pair()
   _write(tmp_path, "P1", 1, image, (mask > 0).astype(np.uint8))
   assert LGGSource(str(tmp_path))[0]["mask"].sum() == 16
+
+
+def test_embedded_mni152_dataset_is_real_lgg_layout(tmp_path):
+  root = builtin.build_mni152(str(tmp_path / "mni"))
+  src = LGGSource(root)
+  cases = src.case_ids()
+  assert len(cases) == 12 and {c.split("_")[1] for c in cases} == {"AX", "COR", "SAG"}
+  assert len(src) == 223
+  sample = src[len(src) // 2]
+  assert sample["image"].shape == (256, 256, 3) and sample["image"].dtype == np.uint8
+  # White matter is a real fraction of a mid-brain slice, and the image is brighter there (T1).
+  fg = sample["mask"][..., 0] > 0
+  assert 0.05 < fg.mean() < 0.3
+  assert sample["image"][fg, 1].mean() > sample["image"][~fg, 1].mean()
+  assert builtin.build_mni152(root) == root  # built once, then reused
+  assert not any(name.startswith("mni.partial") for name in os.listdir(tmp_path))
