@@ -4,7 +4,6 @@ Built once from the config; every command then works on the same compiled functi
 resume order: the workdir's checkpoint, else `config.init_from`, else a fresh initialisation.
 """
 
-import logging
 import os
 import time
 
@@ -20,8 +19,6 @@ from jaxseg.train import parallel
 from jaxseg.train import state as state_lib
 from jaxseg.train import step as step_lib
 from jaxseg.train.checkpoint import Checkpoints
-
-log = logging.getLogger("jaxseg")
 
 
 class Experiment:

@@ -6,7 +6,6 @@ checkpointing happen every `train.eval_every` steps and at the end.
 """
 
 import json
-import logging
 import os
 import signal
 import time
@@ -21,8 +20,6 @@ from jaxseg.train import step as step_lib
 from jaxseg.train.checkpoint import BEST_METRIC
 from jaxseg.train.experiment import Experiment
 from jaxseg.train.parallel import to_host
-
-log = logging.getLogger("jaxseg")
 
 
 class MetricsWriter:
