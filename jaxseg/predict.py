@@ -30,8 +30,9 @@ def evaluate_checkpoint(config, workdir: str, split: str = "val", which: str = "
   exp = Experiment(config, workdir)
   state, step = _restore(exp, which)
   result = {"split": split, "step": step, **exp.evaluate(state, exp.sources()[split])}
-  with open(os.path.join(workdir, f"eval_{split}_{step}.json"), "w") as f:
-    json.dump(result, f, indent=1)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, f"eval_{split}_{step}.json"), "w") as f:
+      json.dump(result, f, indent=1)
   return result
 
 
