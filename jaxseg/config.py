@@ -28,6 +28,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.batch_size = 8  # global batch, split over all devices of all hosts
   c.data.eval_batch_size = 8
   c.data.num_workers = 0  # Grain worker processes; 0 loads in the main process
+  # uniform: reshuffle every epoch; balanced: draw with weight 1 / count of the sample's class
+  # combination (GI: organ combination; LGG: tumour / no tumour).
+  c.data.sampler = "uniform"
+  c.data.drop_unlabelled = True  # GI: skip slices with no organ labelled
   c.data.prefetch_buffer = 2
 
   c.data.split = ml_collections.ConfigDict()

@@ -125,3 +125,10 @@ def test_embedded_mni152_dataset_is_real_lgg_layout(tmp_path):
   assert sample["image"][fg, 1].mean() > sample["image"][~fg, 1].mean()
   assert builtin.build_mni152(root) == root  # built once, then reused
   assert not any(name.startswith("mni.partial") for name in os.listdir(tmp_path))
+
+
+def test_lgg_balanced_weights_give_tumour_and_clear_slices_equal_mass(lgg_root):
+  src = LGGSource(lgg_root)
+  w = src.sample_weights()
+  has = np.array([src[i]["mask"].any() for i in range(len(src))])
+  assert w[has].sum() == pytest.approx(1.0) and w[~has].sum() == pytest.approx(1.0)

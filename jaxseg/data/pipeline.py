@@ -5,7 +5,9 @@ record of it, so the hosts together read one global batch per step without coord
 the iterator state (how many batches were consumed) is the same number on every host.
 """
 
+import functools
 import queue
+import sys
 import threading
 
 import grain
@@ -14,10 +16,11 @@ import numpy as np
 from absl import flags
 
 from jaxseg.data import builtin, splits
+from jaxseg.data.sources.gi import GISource
 from jaxseg.data.sources.lgg import LGGSource
 from jaxseg.data.transforms import FlipRot90, Preprocess
 
-SOURCES = {"lgg": LGGSource}
+SOURCES = {"lgg": LGGSource, "gi": GISource}
 # Keys that stay on the host (strings, ids); everything else in a batch goes to the devices.
 HOST_KEYS = ("case_id", "slice")
 
@@ -26,7 +29,7 @@ def build_source(data_cfg, workdir: str):
   if data_cfg.source not in SOURCES:
     raise ValueError(f"data.source={data_cfg.source!r}; known: {sorted(SOURCES)}")
   root = builtin.resolve_root(data_cfg.root, workdir)
-  return SOURCES[data_cfg.source](root, in_channels=data_cfg.in_channels)
+  return SOURCES[data_cfg.source].from_config(root, data_cfg)
 
 
 def split_sources(source, data_cfg, workdir: str) -> dict:
@@ -54,12 +57,54 @@ def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
   return it
 
 
+class WeightedIndices:
+  """An endless sequence of record indices drawn with replacement with probability ∝ weight,
+  `len(weights)` draws per epoch, each epoch from its own seeded generator: deterministic for a
+  given (seed, position), so hosts can slice it and a resumed iterator sees the same draws."""
+
+  def __init__(self, weights, seed: int):
+    weights = np.asarray(weights, np.float64)
+    self.p = weights / weights.sum()
+    self.seed = seed
+
+  def __len__(self):
+    return sys.maxsize
+
+  def __getitem__(self, i: int) -> int:
+    epoch, j = divmod(i, len(self.p))
+    return int(self._epoch(epoch)[j])
+
+  @functools.lru_cache(maxsize=2)  # noqa: B019 -- one or two epochs live at a time
+  def _epoch(self, epoch: int) -> np.ndarray:
+    rng = np.random.default_rng([self.seed, epoch])
+    return rng.choice(len(self.p), size=len(self.p), p=self.p)
+
+
+class _Lookup(grain.transforms.Map):
+  def __init__(self, source):
+    self.source = source
+
+  def map(self, index: int) -> dict:
+    return self.source[index]
+
+
+def _train_records(source, data_cfg, seed: int) -> grain.MapDataset:
+  """The endless record stream before this host's slice: reshuffled every epoch, or with
+  data.sampler='balanced' drawn with weight 1 / (count of the record's class combination)."""
+  if data_cfg.sampler == "uniform":
+    return grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+  if data_cfg.sampler == "balanced":
+    return grain.MapDataset.source(WeightedIndices(source.sample_weights(), seed)).seed(seed)
+  raise ValueError(f"data.sampler={data_cfg.sampler!r}; known: uniform, balanced")
+
+
 def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
-  """An endless, reshuffled-every-epoch, augmented stream of this host's training batches."""
+  """An endless, augmented stream of this host's training batches."""
   aug = data_cfg.augment
-  ds = (grain.MapDataset.source(source).seed(seed).shuffle().repeat()
-        [jax.process_index()::jax.process_count()]
-        .map(Preprocess(data_cfg.image_size))
+  ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
+  if data_cfg.sampler == "balanced":
+    ds = ds.map(_Lookup(source))
+  ds = (ds.map(Preprocess(data_cfg.image_size))
         .random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90))
         .batch(local_batch_size(data_cfg.batch_size), drop_remainder=True))
   return _to_iter(ds, data_cfg)

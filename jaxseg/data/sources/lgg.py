@@ -100,6 +100,10 @@ class LGGSource:
       records = [r for r in records if r.case_id in keep]
     self.records = records
 
+  @classmethod
+  def from_config(cls, root: str, data_cfg):
+    return cls(root, in_channels=data_cfg.in_channels)
+
   def __len__(self) -> int:
     return len(self.records)
 
@@ -113,6 +117,12 @@ class LGGSource:
 
   def case_ids(self) -> list[str]:
     return sorted({r.case_id for r in self.records})
+
+  def sample_weights(self):
+    """1 / (number of slices with the same has-tumour label), per slice (reads every mask)."""
+    has = np.array([(read_tif(r.mask_path) > 0).any() for r in self.records])
+    counts = {v: int((has == v).sum()) for v in (False, True)}
+    return np.array([1.0 / counts[v] for v in has])
 
   def case_strata(self) -> dict[str, int]:
     """1 for patients with any tumour pixel, else 0: the stratification key for splits.
