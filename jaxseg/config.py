@@ -74,6 +74,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.weight_decay = 0.0
   c.optim.warmup_steps = 0
   c.optim.min_lr = 0.0  # floor of the cosine decay
+  c.optim.decay_steps = 0  # length of the cosine (PyTorch's T_max, in steps); 0 = train.steps
   c.optim.grad_clip = 0.0  # global-norm clipping; 0 disables
 
   c.train = ml_collections.ConfigDict()

@@ -26,7 +26,7 @@ def _load(path):
 def test_every_config_is_covered():
   names = {os.path.basename(p)[:-3] for p in CONFIGS}
   assert {"demo", "lgg_unet", "lgg_unet_vgg16", "lgg_unet_resnet50",
-          "lgg_unet_resnet50_frozen2", "lgg_resunet", "lgg_unext"} <= names
+          "lgg_unet_resnet50_frozen2", "lgg_resunet", "lgg_unext", "gi_cnn_scratch"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p)[:-3])
@@ -40,7 +40,13 @@ def test_config_builds_and_steps(path, lgg_root, tmp_path):
         node = c
         for part in key.split("."):
           node = node[part]
-  c.data.root, c.data.image_size, c.data.batch_size = lgg_root, 64, 2
+  if c.data.source == "gi":
+    from test_gi_source import LABELS, _write_gi
+    c.data.root = _write_gi(tmp_path / "gi", labels=LABELS)
+    c.data.split.val = c.data.split.test = 0.0  # the fixture has two cases
+  else:
+    c.data.root = lgg_root
+  c.data.image_size, c.data.batch_size = 64, 2
   c.data.num_workers = 0
   if c.model.name not in ("unext", "unet_vgg16", "unet_resnet50"):
     c.model.features = 4

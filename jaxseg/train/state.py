@@ -17,11 +17,13 @@ class TrainState(flax.struct.PyTreeNode):
 
 
 def learning_rate_schedule(optim_cfg, total_steps: int):
-  """Linear warm-up to `lr`, then cosine decay to `min_lr` at `total_steps`."""
-  warmup = min(optim_cfg.warmup_steps, max(total_steps - 1, 0))
+  """Linear warm-up to `lr`, then cosine decay to `min_lr` at `optim.decay_steps` (default: the
+  end of training), flat after."""
+  horizon = optim_cfg.decay_steps or total_steps
+  warmup = min(optim_cfg.warmup_steps, max(horizon - 1, 0))
   return optax.warmup_cosine_decay_schedule(
       init_value=0.0 if warmup else optim_cfg.lr, peak_value=optim_cfg.lr,
-      warmup_steps=warmup, decay_steps=max(total_steps, warmup + 1), end_value=optim_cfg.min_lr)
+      warmup_steps=warmup, decay_steps=max(horizon, warmup + 1), end_value=optim_cfg.min_lr)
 
 
 def make_optimizer(optim_cfg, total_steps: int, frozen=None) -> optax.GradientTransformation:
