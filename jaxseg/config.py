@@ -32,6 +32,14 @@ def default_config() -> ml_collections.ConfigDict:
   # combination (GI: organ combination; LGG: tumour / no tumour).
   c.data.sampler = "uniform"
   c.data.drop_unlabelled = True  # GI: skip slices with no organ labelled
+  c.data.normalize = "zscore"  # zscore (per image and channel) | none (the source normalises)
+  # Decathlon / BraTS volumes: centre crop (D, H, W; empty = none), integer down-sampling,
+  # modalities to keep (indices; empty = all), where preprocessed volumes are cached
+  # ('' = workdir/preprocessed).
+  c.data.crop = ()
+  c.data.downsample = 1
+  c.data.modalities = ()
+  c.data.cache_dir = ""
   c.data.prefetch_buffer = 2
 
   c.data.split = ml_collections.ConfigDict()

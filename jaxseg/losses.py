@@ -1,7 +1,7 @@
 """Segmentation losses: pure functions of (logits, mask) for one task kind.
 
 Tasks: 'binary' and 'multilabel' use sigmoid per channel with mask [B, ..., K] in {0, 1};
-'multiclass' uses softmax over K classes with integer labels [B, ...]. Every loss reduces in
+'multiclass' uses softmax over K classes with integer labels [B, ..., 1] (or [B, ...]). Every loss reduces in
 float32 and takes an optional per-example `weight` (0 for padding rows).
 """
 
@@ -15,10 +15,17 @@ def probabilities(logits, task: str):
   return jax.nn.softmax(logits, -1) if task == "multiclass" else jax.nn.sigmoid(logits)
 
 
-def targets(mask, num_channels: int, task: str):
+def class_labels(mask, logits_ndim: int):
+  """Integer labels [B, ...] from a multi-class mask stored as [B, ..., 1] or [B, ...]."""
+  if mask.ndim == logits_ndim:
+    mask = mask[..., 0]
+  return mask.astype(jnp.int32)
+
+
+def targets(mask, num_channels: int, task: str, logits_ndim: int):
   """The mask as per-channel float targets [B, ..., K] (one-hot for multi-class)."""
   if task == "multiclass":
-    return jax.nn.one_hot(mask.astype(jnp.int32), num_channels, dtype=jnp.float32)
+    return jax.nn.one_hot(class_labels(mask, logits_ndim), num_channels, dtype=jnp.float32)
   return mask.astype(jnp.float32)
 
 
@@ -33,7 +40,8 @@ def cross_entropy(logits, mask, task: str, weight=None):
   logits = logits.astype(jnp.float32)
   spatial = tuple(range(1, logits.ndim))
   if task == "multiclass":
-    per_pixel = optax.softmax_cross_entropy_with_integer_labels(logits, mask.astype(jnp.int32))
+    per_pixel = optax.softmax_cross_entropy_with_integer_labels(
+        logits, class_labels(mask, logits.ndim))
     per_example = per_pixel.mean(axis=spatial[:-1])
   else:
     per_example = optax.sigmoid_binary_cross_entropy(logits, mask.astype(jnp.float32)).mean(spatial)
@@ -46,7 +54,7 @@ def soft_dice(logits, mask, task: str, smooth: float = 1.0, weight=None):
   The smoothing term makes an empty mask with an empty prediction score 1 rather than 0/0.
   """
   p = probabilities(logits, task)
-  t = targets(mask, logits.shape[-1], task)
+  t = targets(mask, logits.shape[-1], task, logits.ndim)
   axes = tuple(range(1, p.ndim - 1))
   inter = (p * t).sum(axes)
   dice = (2 * inter + smooth) / (p.sum(axes) + t.sum(axes) + smooth)  # [B, K]

@@ -19,7 +19,7 @@ from jaxseg.losses import probabilities, targets
 def confusion(logits, mask, task: str, threshold: float = 0.5):
   """Per-example, per-channel [B, K, 3] float32 counts: (intersection, predicted, true)."""
   p = probabilities(logits, task)
-  t = targets(mask, logits.shape[-1], task)
+  t = targets(mask, logits.shape[-1], task, logits.ndim)
   if task == "multiclass":
     pred = (p == p.max(-1, keepdims=True)).astype(jnp.float32)
   else:

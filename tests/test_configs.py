@@ -26,7 +26,7 @@ def _load(path):
 def test_every_config_is_covered():
   names = {os.path.basename(p)[:-3] for p in CONFIGS}
   assert {"demo", "lgg_unet", "lgg_unet_vgg16", "lgg_unet_resnet50",
-          "lgg_unet_resnet50_frozen2", "lgg_resunet", "lgg_unext", "gi_cnn_scratch"} <= names
+          "lgg_unet_resnet50_frozen2", "lgg_resunet", "lgg_unext", "gi_cnn_scratch", "brats_2d", "brats_3d"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p)[:-3])
@@ -44,9 +44,16 @@ def test_config_builds_and_steps(path, lgg_root, tmp_path):
     from test_gi_source import LABELS, _write_gi
     c.data.root = _write_gi(tmp_path / "gi", labels=LABELS)
     c.data.split.val = c.data.split.test = 0.0  # the fixture has two cases
+  elif c.data.source == "decathlon":
+    from test_decathlon_source import write_decathlon
+    c.data.root = write_decathlon(tmp_path / "brats", n=4)
+    c.data.split.val = c.data.split.test = 0.25
+    c.data.crop = (8, 32, 32)
+    c.data.depth = 8 if c.data.depth else 0
   else:
     c.data.root = lgg_root
-  c.data.image_size, c.data.batch_size = 64, 2
+  c.data.image_size = 32 if c.data.source == "decathlon" else 64
+  c.data.batch_size = 2
   c.data.num_workers = 0
   if c.model.name not in ("unext", "unet_vgg16", "unet_resnet50"):
     c.model.features = 4

@@ -16,11 +16,12 @@ import numpy as np
 from absl import flags
 
 from jaxseg.data import builtin, splits
+from jaxseg.data.sources.decathlon import DecathlonSource
 from jaxseg.data.sources.gi import GISource
 from jaxseg.data.sources.lgg import LGGSource
 from jaxseg.data.transforms import FlipRot90, Preprocess
 
-SOURCES = {"lgg": LGGSource, "gi": GISource}
+SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource}
 # Keys that stay on the host (strings, ids); everything else in a batch goes to the devices.
 HOST_KEYS = ("case_id", "slice")
 
@@ -29,7 +30,7 @@ def build_source(data_cfg, workdir: str):
   if data_cfg.source not in SOURCES:
     raise ValueError(f"data.source={data_cfg.source!r}; known: {sorted(SOURCES)}")
   root = builtin.resolve_root(data_cfg.root, workdir)
-  return SOURCES[data_cfg.source].from_config(root, data_cfg)
+  return SOURCES[data_cfg.source].from_config(root, data_cfg, workdir=workdir)
 
 
 def split_sources(source, data_cfg, workdir: str) -> dict:
@@ -104,7 +105,7 @@ def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
   if data_cfg.sampler == "balanced":
     ds = ds.map(_Lookup(source))
-  ds = (ds.map(Preprocess(data_cfg.image_size))
+  ds = (ds.map(Preprocess(data_cfg.image_size, data_cfg.normalize))
         .random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90))
         .batch(local_batch_size(data_cfg.batch_size), drop_remainder=True))
   return _to_iter(ds, data_cfg)
@@ -120,7 +121,8 @@ def eval_batches(source, data_cfg):
   bs = local_batch_size(data_cfg.eval_batch_size)
   per_host = -(-len(source) // n_proc)
   n_batches = -(-per_host // bs)
-  ds = grain.MapDataset.source(source)[pid::n_proc].map(Preprocess(data_cfg.image_size))
+  ds = grain.MapDataset.source(source)[pid::n_proc].map(
+      Preprocess(data_cfg.image_size, data_cfg.normalize))
   it = iter(_to_iter(ds, data_cfg))
   for _ in range(n_batches):
     items = [x for x in (next(it, None) for _ in range(bs)) if x is not None]

@@ -28,29 +28,38 @@ def resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarra
 
 def normalize(image: np.ndarray) -> np.ndarray:
   """Per-image, per-channel zero mean and unit variance (constant channels become zero)."""
-  mean = image.mean(axis=(0, 1), keepdims=True)
-  std = image.std(axis=(0, 1), keepdims=True)
+  axes = tuple(range(image.ndim - 1))
+  mean = image.mean(axis=axes, keepdims=True)
+  std = image.std(axis=axes, keepdims=True)
   return ((image - mean) / np.maximum(std, 1e-6)).astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess(grain.transforms.Map):
-  """uint8/any image -> float32, resize to `size` (0 keeps the native size), normalise."""
+  """Any image -> float32; 2-D images resized to `size` (0 keeps the native size; volumes keep
+  the shape their source gives them); `normalize`: 'zscore' per image and channel, or 'none'
+  (for sources that normalise themselves, such as Decathlon's brain-voxel z-score)."""
 
   size: int = 0
+  normalize: str = "zscore"
 
   def map(self, sample: dict) -> dict:
     image = sample["image"].astype(np.float32)
     mask = sample["mask"].astype(np.float32)
-    if self.size:
+    if self.size and image.ndim == 3:
       image = resize(image, (self.size, self.size), nearest=False)
       mask = resize(mask, (self.size, self.size), nearest=True)
-    return {**sample, "image": normalize(image), "mask": mask}
+    if self.normalize == "zscore":
+      image = normalize(image)
+    elif self.normalize != "none":
+      raise ValueError(f"data.normalize={self.normalize!r}; known: zscore, none")
+    return {**sample, "image": image, "mask": mask}
 
 
 @dataclasses.dataclass(frozen=True)
 class FlipRot90(grain.transforms.RandomMap):
-  """Horizontal flip, vertical flip and a random multiple of 90 degrees, each with its p."""
+  """Horizontal flip, vertical flip and a random multiple of 90 degrees in the (H, W) plane,
+  each with its p; works on [H, W, C] images and [D, H, W, C] volumes alike."""
 
   hflip: float = 0.5
   vflip: float = 0.5
@@ -61,9 +70,9 @@ class FlipRot90(grain.transforms.RandomMap):
     u = rng.random(3)
     k = int(rng.integers(1, 4))
     if u[0] < self.hflip:
-      image, mask = image[:, ::-1], mask[:, ::-1]
+      image, mask = np.flip(image, -2), np.flip(mask, -2)
     if u[1] < self.vflip:
-      image, mask = image[::-1], mask[::-1]
+      image, mask = np.flip(image, -3), np.flip(mask, -3)
     if u[2] < self.rot90:
-      image, mask = np.rot90(image, k), np.rot90(mask, k)
+      image, mask = np.rot90(image, k, axes=(-3, -2)), np.rot90(mask, k, axes=(-3, -2))
     return {**sample, "image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask)}

@@ -110,9 +110,9 @@ class Experiment:
 
   def abstract_batch(self) -> dict:
     bs = self.config.data.batch_size
-    mask_shape = (bs, *self.input_shape[:-1])
-    if self.config.data.task != "multiclass":
-      mask_shape += (self.config.data.num_classes,)
+    # Multi-class masks are integer labels with a trailing axis, others one channel per class.
+    k = 1 if self.config.data.task == "multiclass" else self.config.data.num_classes
+    mask_shape = (bs, *self.input_shape[:-1], k)
     mk = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding)  # noqa: E731
     return {"image": mk((bs, *self.input_shape), jnp.float32), "mask": mk(mask_shape, jnp.float32)}
 

@@ -136,7 +136,8 @@ class GISource:
     self._by_scan = {(r.scan, r.index): r for r in self.all_records}
 
   @classmethod
-  def from_config(cls, root: str, data_cfg):
+  def from_config(cls, root: str, data_cfg, workdir: str = ""):
+    del workdir
     return cls(root, in_channels=data_cfg.in_channels, drop_unlabelled=data_cfg.drop_unlabelled)
 
   def __len__(self) -> int:

@@ -101,7 +101,8 @@ class LGGSource:
     self.records = records
 
   @classmethod
-  def from_config(cls, root: str, data_cfg):
+  def from_config(cls, root: str, data_cfg, workdir: str = ""):
+    del workdir
     return cls(root, in_channels=data_cfg.in_channels)
 
   def __len__(self) -> int:
