@@ -6,9 +6,10 @@
 Reference recipe: 3 multi-label outputs (large bowel, small bowel, stomach), 224x224 input,
 0.4 Dice + 0.6 BCE, RMSprop lr 5e-4 momentum 0.9, cosine annealing T_max 50 epochs to 1e-5,
 batch 16, 30 epochs, weighted sampler 1 / organ-combination count, 80/10/10 split, best
-validation Dice kept. Conv-BN-ReLU-Dropout2d(0.1) residual blocks. Not yet here: the heavy
-augmentation set (CLAHE, shift-scale-rotate, elastic / grid distortion, noise / blur) of issue 4;
-flips and 90-degree turns are used meanwhile.
+validation Dice kept. Conv-BN-ReLU-Dropout2d(0.1) residual blocks. Augmentation: flips and
+shift-scale-rotate (shift 0.03, scale 0.1, rotate 20 degrees, p 0.85; on the device with
+--config.data.augment.on_device=true). Not yet here: CLAHE, elastic / grid distortion and
+noise / blur (issue 4).
 """
 
 from jaxseg.config import default_config
@@ -31,7 +32,11 @@ def get_config():
   c.data.num_workers = 4
   c.data.split.val = 0.1
   c.data.split.test = 0.1
-  c.data.augment.rot90 = 0.0  # anatomy has an up; flips only
+  c.data.augment.rot90 = 0.0  # anatomy has an up: flips and small rotations only
+  c.data.augment.ssr = 0.85
+  c.data.augment.ssr_shift = 0.03
+  c.data.augment.ssr_scale = 0.1
+  c.data.augment.ssr_rotate = 20.0
   c.model.name = "unet"
   c.model.features = 56
   c.model.residual = True

@@ -52,6 +52,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.augment.hflip = 0.5  # probabilities
   c.data.augment.vflip = 0.5
   c.data.augment.rot90 = 0.5
+  c.data.augment.ssr = 0.0  # probability of shift-scale-rotate
+  c.data.augment.ssr_shift = 0.0625  # fraction of the size
+  c.data.augment.ssr_scale = 0.1
+  c.data.augment.ssr_rotate = 20.0  # degrees
+  c.data.augment.on_device = False  # run shift-scale-rotate inside the jitted step (2-D)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet"

@@ -12,6 +12,8 @@ import grain
 import numpy as np
 from PIL import Image
 
+from jaxseg.data import geometry
+
 
 def resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
   """Resizes [H, W, C] to [size[0], size[1], C]; bilinear for images, nearest for masks."""
@@ -76,3 +78,24 @@ class FlipRot90(grain.transforms.RandomMap):
     if u[2] < self.rot90:
       image, mask = np.rot90(image, k, axes=(-3, -2)), np.rot90(mask, k, axes=(-3, -2))
     return {**sample, "image": np.ascontiguousarray(image), "mask": np.ascontiguousarray(mask)}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftScaleRotate(grain.transforms.RandomMap):
+  """With probability p: shift by up to `shift` of the size, scale by 1 +- `scale`, rotate by up
+  to +-`rotate` degrees about the centre; zeros outside. Image bilinear, mask nearest. The same
+  warp runs on the device when data.augment.on_device is set (jaxseg.data.geometry)."""
+
+  p: float = 0.5
+  shift: float = 0.0625
+  scale: float = 0.1
+  rotate: float = 20.0
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    u = rng.random(5)
+    if u[4] >= self.p:
+      return sample
+    h, w = sample["image"].shape[-3:-1]
+    m, offset = geometry.ssr_params(u[:4], h, w, self.shift, self.scale, self.rotate)
+    return {**sample, "image": geometry.warp_host(sample["image"], m, offset, nearest=False),
+            "mask": geometry.warp_host(sample["mask"], m, offset, nearest=True)}

@@ -56,7 +56,9 @@ class Experiment:
         step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr,
                                  accum_steps=tc.grad_accum,
                                  skip_nonfinite=tc.nan_policy == "skip",
-                                 frozen_stats=frozen_stats),
+                                 frozen_stats=frozen_stats,
+                                 device_aug=d.augment if d.augment.on_device and d.augment.ssr
+                                 else None),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr),
                              in_shardings=(r, b), out_shardings=(b, r))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxseg import losses, metrics
+from jaxseg.data import geometry
 
 
 def _variables(batch_stats, params):
@@ -39,13 +40,31 @@ def micro_batches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def device_shift_scale_rotate(batch: dict, rng, aug) -> dict:
+  """data.augment's shift-scale-rotate on the device: per example, with probability aug.ssr,
+  the warp of jaxseg.data.geometry (the host transform's twin) on image and mask."""
+  h, w = batch["image"].shape[1:3]
+  u = jax.random.uniform(rng, (batch["image"].shape[0], 5))
+
+  def one(image, mask, u):
+    m, offset = geometry.ssr_params(u[:4], h, w, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate,
+                                    xp=jnp)
+    apply = u[4] < aug.ssr
+    return (jnp.where(apply, geometry.warp_device(image, m, offset, nearest=False), image),
+            jnp.where(apply, geometry.warp_device(mask, m, offset, nearest=True), mask))
+
+  image, mask = jax.vmap(one)(batch["image"], batch["mask"], u)
+  return {**batch, "image": image, "mask": mask}
+
+
 def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_steps: int = 1,
-                    skip_nonfinite: bool = False, frozen_stats=None):
+                    skip_nonfinite: bool = False, frozen_stats=None, device_aug=None):
   """The train step. With accum_steps > 1 the batch is split into micro-batches whose gradients
   are averaged before one optimizer update (BatchNorm then sees micro-batch statistics, as in
   PyTorch). With skip_nonfinite a step whose loss or gradients are not finite leaves the state
   unchanged (and is counted) instead of poisoning it. `frozen_stats` (a batch_stats-shaped tree
-  of Python bools) keeps the statistics of frozen layers as they were."""
+  of Python bools) keeps the statistics of frozen layers as they were. `device_aug` (the
+  data.augment config) runs shift-scale-rotate inside the step."""
 
   def grads_and_stats(params, batch_stats, batch, rng):
     def loss_fn(params):
@@ -59,6 +78,8 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_step
 
   def train_step(state, batch, acc):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    if device_aug is not None:
+      batch = device_shift_scale_rotate(batch, jax.random.fold_in(rng, 1 << 30), device_aug)
     if accum_steps == 1:
       loss, grads, batch_stats, counts = grads_and_stats(state.params, state.batch_stats,
                                                          batch, rng)
