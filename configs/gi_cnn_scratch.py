@@ -8,8 +8,8 @@ Reference recipe: 3 multi-label outputs (large bowel, small bowel, stomach), 224
 batch 16, 30 epochs, weighted sampler 1 / organ-combination count, 80/10/10 split, best
 validation Dice kept. Conv-BN-ReLU-Dropout2d(0.1) residual blocks. Augmentation: flips and
 shift-scale-rotate (shift 0.03, scale 0.1, rotate 20 degrees, p 0.85; on the device with
---config.data.augment.on_device=true). Not yet here: CLAHE, elastic / grid distortion and
-noise / blur (issue 4).
+--config.data.augment.on_device=true), one of {Gaussian noise, blur} p 0.5. Not yet here:
+CLAHE and elastic / grid distortion (issue 4).
 """
 
 from jaxseg.config import default_config
@@ -37,6 +37,7 @@ def get_config():
   c.data.augment.ssr_shift = 0.03
   c.data.augment.ssr_scale = 0.1
   c.data.augment.ssr_rotate = 20.0
+  c.data.augment.noise_or_blur = 0.5
   c.model.name = "unet"
   c.model.features = 56
   c.model.residual = True

@@ -57,6 +57,12 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.augment.ssr_scale = 0.1
   c.data.augment.ssr_rotate = 20.0  # degrees
   c.data.augment.on_device = False  # run shift-scale-rotate inside the jitted step (2-D)
+  c.data.augment.noise_or_blur = 0.0  # probability of one of {Gaussian noise, Gaussian blur}
+  c.data.augment.noise_std = 0.1  # in units of the normalised image
+  c.data.augment.blur_sigma = 1.0  # pixels (drawn from [sigma / 4, sigma])
+  c.data.augment.brightness_contrast = 0.0  # probability
+  c.data.augment.brightness = 0.2
+  c.data.augment.contrast = 0.2
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet"

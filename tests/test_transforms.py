@@ -54,3 +54,36 @@ def test_preprocess_resizes_and_normalizes():
   assert out["image"].shape == (8, 8, 3) and out["image"].dtype == np.float32
   assert out["mask"].shape == (8, 8, 1) and out["mask"].all()
   np.testing.assert_allclose(out["image"].mean((0, 1)), 0, atol=1e-5)
+
+
+def test_intensity_transforms_change_the_image_only():
+  from jaxseg.data.transforms import Intensity, brightness_contrast, gaussian_blur, gaussian_noise
+  rng = np.random.default_rng(0)
+  image = rng.normal(size=(64, 64, 2)).astype(np.float32)
+  noisy = gaussian_noise(image, rng, 0.5)
+  assert (noisy - image).std() == pytest.approx(0.5, rel=0.05)
+  blurred = gaussian_blur(image, rng, 2.0)
+  assert blurred.std() < 0.7 * image.std()
+  # blur stays within each channel
+  one = np.zeros((16, 16, 2), np.float32)
+  one[8, 8, 0] = 1
+  assert gaussian_blur(one, rng, 1.0)[..., 1].max() == 0
+  bc = brightness_contrast(image, np.random.default_rng(1), 0.2, 0.2)
+  ratio = bc.std() / image.std()
+  assert 0.8 <= ratio <= 1.2 and abs(bc.mean() - image.mean() * ratio) <= 0.21
+  s = _sample()
+  out = Intensity(1.0, 0.1, 1.0, 1.0).random_map(s, np.random.default_rng(3))
+  np.testing.assert_array_equal(out["mask"], s["mask"])
+  assert not np.array_equal(out["image"], s["image"])
+  same = Intensity(0.0, brightness_contrast=0.0).random_map(s, np.random.default_rng(3))
+  np.testing.assert_array_equal(same["image"], s["image"])
+
+
+def test_one_of_noise_or_blur_picks_each_about_half_the_time():
+  from jaxseg.data.transforms import Intensity
+  s = {"image": np.zeros((8, 8, 1), np.float32), "mask": np.zeros((8, 8, 1), np.float32)}
+  t = Intensity(noise_or_blur=1.0)
+  # blur of a constant image leaves it constant, noise does not
+  noise = sum(not np.all(t.random_map(s, np.random.default_rng(i))["image"] == 0)
+              for i in range(400))
+  assert 160 < noise < 240

@@ -19,7 +19,7 @@ from jaxseg.data import builtin, splits
 from jaxseg.data.sources.decathlon import DecathlonSource
 from jaxseg.data.sources.gi import GISource
 from jaxseg.data.sources.lgg import LGGSource
-from jaxseg.data.transforms import FlipRot90, Preprocess, ShiftScaleRotate
+from jaxseg.data.transforms import FlipRot90, Intensity, Preprocess, ShiftScaleRotate
 
 SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource}
 # Keys that stay on the host (strings, ids); everything else in a batch goes to the devices.
@@ -109,6 +109,9 @@ def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
         .random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90)))
   if aug.ssr and not aug.on_device:
     ds = ds.random_map(ShiftScaleRotate(aug.ssr, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate))
+  if aug.noise_or_blur or aug.brightness_contrast:
+    ds = ds.random_map(Intensity(aug.noise_or_blur, aug.noise_std, aug.blur_sigma,
+                                 aug.brightness_contrast, aug.brightness, aug.contrast))
   ds = ds.batch(local_batch_size(data_cfg.batch_size), drop_remainder=True)
   return _to_iter(ds, data_cfg)
 

@@ -99,3 +99,47 @@ class ShiftScaleRotate(grain.transforms.RandomMap):
     m, offset = geometry.ssr_params(u[:4], h, w, self.shift, self.scale, self.rotate)
     return {**sample, "image": geometry.warp_host(sample["image"], m, offset, nearest=False),
             "mask": geometry.warp_host(sample["mask"], m, offset, nearest=True)}
+
+
+# Intensity transforms: they change the image only. Each takes (image, rng) and is applied by
+# the Grain transforms below with its probability; they run after normalisation, so strengths
+# are in units of the image's standard deviation.
+def gaussian_noise(image: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
+  return (image + rng.normal(0.0, std, image.shape)).astype(np.float32)
+
+
+def gaussian_blur(image: np.ndarray, rng: np.random.Generator, sigma: float) -> np.ndarray:
+  """Blur in the spatial plane (not across channels) with sigma drawn from [sigma/4, sigma]."""
+  from scipy import ndimage
+  s = rng.uniform(sigma / 4, sigma)
+  sigmas = [0.0] * (image.ndim - 3) + [s, s, 0.0]
+  return ndimage.gaussian_filter(image, sigmas, mode="nearest").astype(np.float32)
+
+
+def brightness_contrast(image: np.ndarray, rng: np.random.Generator, brightness: float,
+                        contrast: float) -> np.ndarray:
+  b, c = rng.uniform(-brightness, brightness), rng.uniform(-contrast, contrast)
+  return (image * (1 + c) + b).astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Intensity(grain.transforms.RandomMap):
+  """With probability `noise_or_blur`, one of {Gaussian noise, Gaussian blur} (equal odds); with
+  probability `brightness_contrast`, a random brightness shift and contrast scale."""
+
+  noise_or_blur: float = 0.0
+  noise_std: float = 0.1
+  blur_sigma: float = 1.0
+  brightness_contrast: float = 0.0
+  brightness: float = 0.2
+  contrast: float = 0.2
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    image = sample["image"]
+    u = rng.random(3)
+    if u[0] < self.noise_or_blur:
+      image = (gaussian_noise(image, rng, self.noise_std) if u[1] < 0.5
+               else gaussian_blur(image, rng, self.blur_sigma))
+    if u[2] < self.brightness_contrast:
+      image = brightness_contrast(image, rng, self.brightness, self.contrast)
+    return {**sample, "image": image}
