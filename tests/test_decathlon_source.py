@@ -113,3 +113,15 @@ def test_volume_batches_through_the_pipeline(tmp_path):
   batch = next(iter(pipeline.train_dataset(src, c, seed=0)))
   assert batch["image"].shape == (2, 8, 16, 16, 4) and batch["mask"].shape == (2, 8, 16, 16, 1)
   assert os.path.isdir(tmp_path / "run" / "preprocessed")
+
+
+def test_balanced_weights_per_slice_and_per_volume(tmp_path):
+  root = write_decathlon(tmp_path / "d")
+  vols = DecathlonSource(root, str(tmp_path / "c"), depth=Z)
+  np.testing.assert_allclose(vols.sample_weights(), [1.0, 1.0, 1.0])  # three distinct sets
+  slices = DecathlonSource(root, str(tmp_path / "c"))
+  w = slices.sample_weights()
+  assert len(w) == len(slices)
+  # background-only slices (most of them) share one key and so one unit of total weight
+  keys = [int(slices[i]["mask"].max() > 0) for i in range(len(slices))]
+  assert w[np.array(keys) == 0].sum() == pytest.approx(1.0)

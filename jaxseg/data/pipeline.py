@@ -91,11 +91,13 @@ class _Lookup(grain.transforms.Map):
 
 def _train_records(source, data_cfg, seed: int) -> grain.MapDataset:
   """The endless record stream before this host's slice: reshuffled every epoch, or with
-  data.sampler='balanced' drawn with weight 1 / (count of the record's class combination)."""
+  data.sampler='balanced' drawn with weight 1 / (count of the record's class combination).
+  Grain datasets are lazy, so slicing this stream afterwards reads only this host's records."""
   if data_cfg.sampler == "uniform":
     return grain.MapDataset.source(source).seed(seed).shuffle().repeat()
   if data_cfg.sampler == "balanced":
-    return grain.MapDataset.source(WeightedIndices(source.sample_weights(), seed)).seed(seed)
+    indices = WeightedIndices(source.sample_weights(), seed)
+    return grain.MapDataset.source(indices).seed(seed).map(_Lookup(source))
   raise ValueError(f"data.sampler={data_cfg.sampler!r}; known: uniform, balanced")
 
 
@@ -103,8 +105,6 @@ def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   """An endless, augmented stream of this host's training batches."""
   aug = data_cfg.augment
   ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
-  if data_cfg.sampler == "balanced":
-    ds = ds.map(_Lookup(source))
   ds = (ds.map(Preprocess(data_cfg.image_size, data_cfg.normalize))
         .random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90)))
   if aug.ssr and not aug.on_device:

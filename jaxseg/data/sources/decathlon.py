@@ -15,6 +15,7 @@ import os
 
 import numpy as np
 
+from jaxseg.data.sources import inverse_frequency
 from jaxseg.errors import DataError
 
 
@@ -179,8 +180,17 @@ class DecathlonSource:
 
   def case_strata(self) -> dict[str, int]:
     """Which tumour classes a volume has, as a bit mask (reads every label once)."""
-    out = {}
-    for v, vol in enumerate(self.volumes):
-      present = np.unique(self.load(v)[1])
-      out[vol.case_id] = int(sum(1 << int(k) for k in present if k > 0))
-    return out
+    return {vol.case_id: _classes_present(self.load(v)[1]) for v, vol in enumerate(self.volumes)}
+
+  def sample_weights(self) -> np.ndarray:
+    """1 / (number of samples with the same set of tumour classes), per volume or slice."""
+    keys = []
+    for v in range(len(self.volumes)):
+      label = np.asarray(self.load(v)[1])
+      keys += [_classes_present(label)] if self.depth else [_classes_present(s) for s in label]
+    return inverse_frequency(keys)
+
+
+def _classes_present(label: np.ndarray) -> int:
+  """Bit mask of the non-background classes in a label array."""
+  return int(sum(1 << int(k) for k in np.unique(label) if k > 0))

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from jaxseg.data import rle
+from jaxseg.data.sources import inverse_frequency
 from jaxseg.errors import DataError
 
 CLASSES = ("large_bowel", "small_bowel", "stomach")
@@ -180,6 +181,4 @@ class GISource:
 
   def sample_weights(self) -> np.ndarray:
     """1 / (number of slices with the same organ combination), per slice."""
-    combos = [r.labels for r in self.records]
-    counts = collections.Counter(combos)
-    return np.array([1.0 / counts[c] for c in combos])
+    return inverse_frequency(r.labels for r in self.records)

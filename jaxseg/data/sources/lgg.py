@@ -15,6 +15,7 @@ import re
 import numpy as np
 import tifffile
 
+from jaxseg.data.sources import inverse_frequency
 from jaxseg.errors import DataError
 
 _SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)\.tiff?$")
@@ -99,6 +100,7 @@ class LGGSource:
       keep = set(case_ids)
       records = [r for r in records if r.case_id in keep]
     self.records = records
+    self._has_tumour = None
 
   @classmethod
   def from_config(cls, root: str, data_cfg, workdir: str = ""):
@@ -119,20 +121,20 @@ class LGGSource:
   def case_ids(self) -> list[str]:
     return sorted({r.case_id for r in self.records})
 
-  def sample_weights(self):
-    """1 / (number of slices with the same has-tumour label), per slice (reads every mask)."""
-    has = np.array([(read_tif(r.mask_path) > 0).any() for r in self.records])
-    counts = {v: int((has == v).sum()) for v in (False, True)}
-    return np.array([1.0 / counts[v] for v in has])
+  def has_tumour(self) -> np.ndarray:
+    """Per slice, whether its mask has any foreground. Reads every mask once per source object
+    (masks are small; the split that uses it is saved), then remembers the answer."""
+    if self._has_tumour is None:
+      self._has_tumour = np.array([(read_tif(r.mask_path) > 0).any() for r in self.records])
+    return self._has_tumour
+
+  def sample_weights(self) -> np.ndarray:
+    """1 / (number of slices with the same has-tumour label), per slice."""
+    return inverse_frequency(self.has_tumour().tolist())
 
   def case_strata(self) -> dict[str, int]:
-    """1 for patients with any tumour pixel, else 0: the stratification key for splits.
-
-    This reads every mask once; masks are small and it runs once per workdir (the split is
-    saved), so it stays off the training path.
-    """
-    has_fg = {c: 0 for c in self.case_ids()}
-    for rec in self.records:
-      if not has_fg[rec.case_id] and (read_tif(rec.mask_path) > 0).any():
-        has_fg[rec.case_id] = 1
-    return has_fg
+    """1 for patients with any tumour pixel, else 0: the stratification key for splits."""
+    strata = {c: 0 for c in self.case_ids()}
+    for rec, has in zip(self.records, self.has_tumour(), strict=True):
+      strata[rec.case_id] |= int(has)
+    return strata
