@@ -6,8 +6,8 @@
 Input 128 x 160 x 160 x 4 (the reference's 160 x 160 x 128 x 4), batch 2, lr 1e-4, CE + Dice;
 3-D UNet with 16 base features and group norm (one or two volumes per device make batch
 statistics noisy): 5,647,732 parameters (the reference 3-D net: 5,649,652). Remat keeps the
-activations of a 128 x 160 x 160 volume within one GPU's memory. The reference used He-uniform
-initialisation; jaxseg uses Flax's default (LeCun normal).
+activations of a 128 x 160 x 160 volume within one GPU's memory. He-uniform kernel
+initialisation, as the reference (Keras).
 """
 
 from configs import brats_2d
@@ -18,6 +18,7 @@ def get_config():
   c.model.name = "unet3d"
   c.model.norm = "group"
   c.model.remat = True
+  c.model.kernel_init = "he_uniform"
   c.data.depth = 128
   c.data.modalities = ()  # all four
   c.data.in_channels = 4

@@ -71,15 +71,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.norm = "batch"  # batch | group | instance | none (project D: batch vs none)
   c.model.dropout = 0.0  # channel dropout after each conv block's activations
   c.model.residual = False  # unet: residual blocks
-  # Encoder models (unet_vgg16, unet_resnet50): encoder stages to freeze, comma-separated
-  # (resnet50: stem, layer1..layer4; vgg16: block1..block5). Frozen stages get no updates and
-  # keep their BatchNorm statistics.
+  # Encoder models (unet_vgg16, unet_resnet50, unet_efficientnet_b3, unetpp_*): encoder stages
+  # to freeze, comma-separated (resnet50: stem, layer1..layer4; vgg16: block1..block5;
+  # efficientnet_b3: stem, stage1..stage7). Frozen stages get no updates and keep their
+  # BatchNorm statistics.
   c.model.freeze = ""
   # A torchvision state dict (.pth or .safetensors) for the encoder, loaded when a run starts
   # from scratch.
   c.model.pretrained = ""
   c.model.dtype = "float32"  # compute dtype (bfloat16 for mixed precision); params stay float32
   c.model.remat = False  # recompute block activations in the backward pass (saves memory)
+  c.model.kernel_init = "lecun_normal"  # lecun_normal (Flax) | he_uniform | he_normal | glorot_uniform
 
   c.loss = ml_collections.ConfigDict()
   c.loss.bce_weight = 1.0
@@ -92,8 +94,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.momentum = 0.9  # sgd and rmsprop only
   c.optim.weight_decay = 0.0
   c.optim.warmup_steps = 0
+  c.optim.schedule = "cosine"  # cosine | step | constant (after the warm-up)
   c.optim.min_lr = 0.0  # floor of the cosine decay
   c.optim.decay_steps = 0  # length of the cosine (PyTorch's T_max, in steps); 0 = train.steps
+  c.optim.step_every = 0  # step schedule: steps between decays (PyTorch StepLR step_size)
+  c.optim.step_gamma = 0.9  # step schedule: factor per decay
   c.optim.grad_clip = 0.0  # global-norm clipping; 0 disables
 
   c.train = ml_collections.ConfigDict()

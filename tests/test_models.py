@@ -68,6 +68,9 @@ def _count(name, shape, out, **kw):
     ("unet3d", (32, 32, 32, 4), 4, {"features": 16}, 5_647_732),
     # GI-tract from-scratch residual encoder-decoder (reference 25,436,486).
     ("unet", (224, 224, 3), 3, {"features": 56, "residual": True, "dropout": 0.1}, 24_836_451),
+    # GI-tract transfer model: torchvision EfficientNet-B3 features[0:8] (10,103,336) + decoder.
+    ("unetpp_efficientnet_b3", (224, 224, 3), 3, {"features": 16}, 13_542_043),
+    ("unet_efficientnet_b3", (224, 224, 3), 3, {"features": 16}, 12_638_475),
 ])
 def test_parameter_counts_of_the_reference_networks(name, shape, out, kw, expected):
   assert _count(name, shape, out, **kw) == expected
@@ -88,6 +91,18 @@ def test_family_output_shapes(name, shape, kw):
   v = models.init_variables(m, shape)
   out = jax.jit(lambda v, x: m.apply(v, x, train=False))(v, jnp.ones((2, *shape)))
   assert out.shape == (2, *shape[:-1], 3) and out.dtype == jnp.float32
+
+
+def test_efficientnet_b3_encoder_is_torchvisions_without_head():
+  # torchvision's efficientnet_b3 has 12,233,232 parameters: minus the classifier (1536 x 1000
+  # + 1000) and the 1x1 head conv + BN (384 x 1536 + 2 x 1536) that the encoder leaves out.
+  from jaxseg.models.encoders import EfficientNetB3Encoder
+  enc = EfficientNetB3Encoder()
+  shapes = jax.eval_shape(lambda: enc.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3))))
+  assert models.count_params(shapes["params"]) == 12_233_232 - 1_537_000 - 592_896
+  feats = jax.eval_shape(lambda v: enc.apply(v, jnp.zeros((1, 64, 64, 3))), shapes)
+  assert [f.shape[1:] for f in feats] == [(32, 32, 24), (16, 16, 32), (8, 8, 48), (4, 4, 136),
+                                          (2, 2, 384)]
 
 
 def test_unext_rejects_sizes_not_divisible_by_32():

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from safetensors.torch import save_file  # noqa: E402
-from torch_reference import VGG16, ResNet50, randomize_batch_norm  # noqa: E402
+from torch_reference import VGG16, EfficientNetB3, ResNet50, randomize_batch_norm  # noqa: E402
 
 from jaxseg.config import default_config  # noqa: E402
 from jaxseg.errors import DataError  # noqa: E402
@@ -29,7 +29,8 @@ def _export(model, tmp_path, fmt):
 
 
 @pytest.mark.parametrize("name,torch_cls,fmt", [("vgg16", VGG16, "safetensors"),
-                                                ("resnet50", ResNet50, "pth")])
+                                                ("resnet50", ResNet50, "pth"),
+                                                ("efficientnet_b3", EfficientNetB3, "pth")])
 def test_imported_encoder_features_equal_torch(name, torch_cls, fmt, tmp_path):
   torch.manual_seed(0)
   ref = randomize_batch_norm(torch_cls()).eval()
@@ -40,7 +41,8 @@ def test_imported_encoder_features_equal_torch(name, torch_cls, fmt, tmp_path):
   enc = ENCODERS[name]()
   shapes = jax.eval_shape(lambda: enc.init(jax.random.key(0), jnp.zeros((1, SIZE, SIZE, 3))))
   zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), shapes)
-  variables = pretrained.convert(pretrained.load_state_dict(_export(ref, tmp_path, fmt)), zeros)
+  variables = pretrained.convert(pretrained.load_state_dict(_export(ref, tmp_path, fmt)), zeros,
+                                 ignored=ENCODERS[name].IGNORED)
   got = jax.jit(lambda v, x: enc.apply(v, x, train=False))(variables, x)
   assert len(got) == len(want)
   for g, w in zip(got, want, strict=True):

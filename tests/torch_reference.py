@@ -1,4 +1,4 @@
-"""torchvision's VGG16 and ResNet50 rebuilt in plain torch with torchvision's module names, so
+"""torchvision's VGG16, ResNet50 and EfficientNet-B3 rebuilt in plain torch with torchvision's module names, so
 their state dicts have torchvision's keys. (torchvision itself needs a CUDA build of torch here;
 plain torch CPU is enough for the layouts.) Each returns the feature maps the Flax encoders
 return, in the same order."""
@@ -77,6 +77,65 @@ class ResNet50(nn.Module):
       x = getattr(self, f"layer{i}")(x)
       feats.append(x)
     return feats
+
+
+def _conv_bn(cin, cout, k, stride=1, groups=1, act=True):
+  """torchvision's Conv2dNormActivation: children 0 (conv), 1 (BN), 2 (SiLU)."""
+  layers = [nn.Conv2d(cin, cout, k, stride, (k - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(cout)]
+  return nn.Sequential(*layers, *([nn.SiLU()] if act else []))
+
+
+class SqueezeExcitation(nn.Module):
+  def __init__(self, channels, squeeze):
+    super().__init__()
+    self.fc1 = nn.Conv2d(channels, squeeze, 1)
+    self.fc2 = nn.Conv2d(squeeze, channels, 1)
+
+  def forward(self, x):
+    s = x.mean((2, 3), keepdim=True)
+    return x * torch.sigmoid(self.fc2(nn.functional.silu(self.fc1(s))))
+
+
+class MBConv(nn.Module):
+  def __init__(self, cin, cout, expand, k, stride):
+    super().__init__()
+    width = cin * expand
+    layers = [_conv_bn(cin, width, 1)] if expand != 1 else []
+    layers += [_conv_bn(width, width, k, stride, groups=width),
+               SqueezeExcitation(width, max(1, cin // 4)), _conv_bn(width, cout, 1, act=False)]
+    self.block = nn.Sequential(*layers)
+    self.residual = stride == 1 and cin == cout
+
+  def forward(self, x):
+    return x + self.block(x) if self.residual else self.block(x)
+
+
+# B3's stages after width (x1.2, multiples of 8) and depth (x1.4, rounded up) scaling, written
+# out rather than derived so the Flax encoder's derivation is checked against them.
+EFFNET_B3 = ((1, 3, 1, 24, 2), (6, 3, 2, 32, 3), (6, 5, 2, 48, 3), (6, 3, 2, 96, 5),
+             (6, 5, 1, 136, 5), (6, 5, 2, 232, 6), (6, 3, 1, 384, 2))
+
+
+class EfficientNetB3(nn.Module):
+  def __init__(self):
+    super().__init__()
+    stages, c = [_conv_bn(3, 40, 3, 2)], 40
+    for expand, k, stride, out, blocks in EFFNET_B3:
+      stages.append(nn.Sequential(*[MBConv(c if b == 0 else out, out, expand, k,
+                                           stride if b == 0 else 1) for b in range(blocks)]))
+      c = out
+    stages.append(_conv_bn(384, 1536, 1))  # the head conv; the Flax encoder stops before it
+    self.features = nn.Sequential(*stages)
+    self.classifier = nn.Sequential(nn.Dropout(0.3), nn.Linear(1536, 1000))
+
+  def forward(self, x):
+    feats = []
+    for i in range(8):
+      if i >= 1 and EFFNET_B3[i - 1][2] == 2:  # stage i down-samples: keep the map before it
+        feats.append(x)
+      x = self.features[i](x)
+    return feats + [x]
 
 
 def randomize_batch_norm(model, seed=0):

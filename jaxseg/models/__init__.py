@@ -9,6 +9,7 @@ from jaxseg.models.encoder_unet import EncoderUNet
 from jaxseg.models.encoders import ENCODERS
 from jaxseg.models.resunet import ResUNet
 from jaxseg.models.unet import UNet
+from jaxseg.models.unetpp import UNetPlusPlus
 from jaxseg.models.unext import UNeXt
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -32,17 +33,22 @@ def _unext(m, in_channels, out_channels):
                dtype=DTYPES[m.dtype])
 
 
-def _encoder_unet(encoder):
+def _with_encoder(decoder, encoder):
   def build(m, in_channels, out_channels):
     if in_channels != 3:
       raise ValueError(f"the {encoder} encoder takes 3 input channels, data has {in_channels}")
-    return EncoderUNet(encoder=encoder, out_channels=out_channels, features=m.features,
-                       norm=m.norm, dtype=DTYPES[m.dtype])
+    return decoder(encoder=encoder, out_channels=out_channels, features=m.features,
+                   norm=m.norm, dtype=DTYPES[m.dtype])
   return build
 
 
-REGISTRY = {"unet": _unet, "unet3d": _unet, "resunet": _resunet, "unext": _unext,
-            "unet_vgg16": _encoder_unet("vgg16"), "unet_resnet50": _encoder_unet("resnet50")}
+REGISTRY = {"unet": _unet, "unet3d": _unet, "resunet": _resunet, "unext": _unext}
+# Encoder models are named decoder_encoder: unet_vgg16, unetpp_efficientnet_b3, ...
+ENCODER_OF = {}
+for _decoder_name, _decoder in (("unet", EncoderUNet), ("unetpp", UNetPlusPlus)):
+  for _encoder in ENCODERS:
+    REGISTRY[f"{_decoder_name}_{_encoder}"] = _with_encoder(_decoder, _encoder)
+    ENCODER_OF[f"{_decoder_name}_{_encoder}"] = _encoder
 
 
 def frozen_mask(model_cfg, tree):
@@ -51,10 +57,10 @@ def frozen_mask(model_cfg, tree):
   stages = {s.strip() for s in model_cfg.freeze.split(",") if s.strip()}
   if not stages:
     return jax.tree.map(lambda _: False, tree)
-  encoder = ENCODERS.get(model_cfg.name.removeprefix("unet_"))
-  if encoder is None:
+  if model_cfg.name not in ENCODER_OF:
     raise ValueError(f"model.freeze={model_cfg.freeze!r} needs an encoder model "
-                     f"({', '.join('unet_' + e for e in ENCODERS)}), not {model_cfg.name!r}")
+                     f"({', '.join(ENCODER_OF)}), not {model_cfg.name!r}")
+  encoder = ENCODERS[ENCODER_OF[model_cfg.name]]
   known = set(encoder.STAGES)
   if stages - known:
     raise ValueError(f"model.freeze: unknown stages {sorted(stages - known)}; {model_cfg.name} "
@@ -73,12 +79,39 @@ def build(model_cfg, in_channels: int, out_channels: int):
   return REGISTRY[model_cfg.name](model_cfg, in_channels, out_channels)
 
 
+# Kernel initialisers by config name. Flax's default (LeCun normal) is what the modules use;
+# others replace every kernel after init, so one rule covers every model (the BraTS 3-D net was
+# trained with Keras' He-uniform). Biases stay zero, as in Keras and Flax.
+KERNEL_INITS = {
+    "lecun_normal": None,
+    "he_uniform": jax.nn.initializers.he_uniform(),
+    "he_normal": jax.nn.initializers.he_normal(),
+    "glorot_uniform": jax.nn.initializers.glorot_uniform(),
+}
+
+
+def reinit_kernels(params, key, kernel_init: str):
+  """`params` with every 'kernel' leaf redrawn from the named initialiser (fan-in over all axes
+  but the last: spatial x input channels for convs, including depthwise and transposed ones)."""
+  if kernel_init not in KERNEL_INITS:
+    raise ValueError(f"model.kernel_init={kernel_init!r}; known: {sorted(KERNEL_INITS)}")
+  init = KERNEL_INITS[kernel_init]
+  if init is None:
+    return params
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  keys = jax.random.split(key, len(leaves))
+  new = [init(k, leaf.shape, leaf.dtype)
+         if getattr(path[-1], "key", None) == "kernel" else leaf
+         for k, (path, leaf) in zip(keys, leaves, strict=True)]
+  return jax.tree_util.tree_unflatten(treedef, new)
+
+
 def init_variables(model, input_shape, seed: int = 0):
   """Parameters (and batch statistics) for a [1, *spatial, C] input; the jit avoids an eager
   op-by-op init, which is slow for deep networks."""
   x = jnp.zeros((1, *input_shape), jnp.float32)
   return jax.jit(lambda k: model.init({"params": k, "dropout": k}, x, train=False))(
-      jax.random.key(seed))
+      jax.random.key(seed, impl="rbg"))  # rbg: see train.state.init_key
 
 
 def variable_shapes(model, input_shape):

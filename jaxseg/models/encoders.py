@@ -9,6 +9,8 @@ Each encoder returns its feature maps from fine to coarse: the skips for the dec
 the bottom of the U.
 """
 
+import math
+
 import flax.linen as nn
 import jax.numpy as jnp
 
@@ -37,6 +39,7 @@ class VGG16Encoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   # Block index -> stage name used for freezing: block1 ... block5.
   STAGES = ("block1", "block2", "block3", "block4", "block5")
+  IGNORED = ()  # torchvision keys outside the encoder beyond the shared head prefixes
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -88,6 +91,7 @@ class ResNet50Encoder(nn.Module):
   dtype: jnp.dtype = jnp.float32
   LAYERS = (3, 4, 6, 3)
   STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+  IGNORED = ()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -109,4 +113,92 @@ class ResNet50Encoder(nn.Module):
     return path.split("_")[0] if path.startswith("layer") else "stem"
 
 
-ENCODERS = {"vgg16": VGG16Encoder, "resnet50": ResNet50Encoder}
+# EfficientNet-B0 stages (expand ratio, kernel, stride, output width, blocks); B3 scales widths
+# by 1.2 (rounded to multiples of 8) and block counts by 1.4 (rounded up), as torchvision does.
+_EFFNET_B0 = ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+              (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1))
+
+
+def _round_width(width: float, divisor: int = 8) -> int:
+  rounded = max(divisor, int(width + divisor / 2) // divisor * divisor)
+  return rounded + divisor if rounded < 0.9 * width else rounded
+
+
+class MBConv(nn.Module):
+  """Inverted residual with squeeze-excitation (torchvision's MBConv, SiLU): 1x1 expand (absent
+  at ratio 1), depthwise kxk, SE (squeeze to a quarter of the block's input width), 1x1
+  project without activation, identity shortcut when shape allows. Submodule names follow
+  torchvision's `block.<i>` numbering, which shifts by one without the expand conv.
+
+  torchvision drops blocks at random in training (stochastic depth); this one does not, so
+  inference is identical and training is slightly less regularised."""
+
+  expand: int
+  kernel: int
+  strides: int
+  out: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    width, i, y = x.shape[-1] * self.expand, 0, x
+    if self.expand != 1:
+      y = nn.silu(_bn(train, self.dtype, "block_0_1")(
+          _conv(width, 1, dtype=self.dtype, name="block_0_0")(y)))
+      i = 1
+    pad = self.kernel // 2
+    y = nn.Conv(width, (self.kernel, self.kernel), strides=(self.strides, self.strides),
+                padding=((pad, pad), (pad, pad)), feature_group_count=width, use_bias=False,
+                dtype=self.dtype, name=f"block_{i}_0")(y)
+    y = nn.silu(_bn(train, self.dtype, f"block_{i}_1")(y))
+    y = SqueezeExcite(max(1, x.shape[-1] // 4), self.dtype, name=f"block_{i + 1}")(y)
+    y = _bn(train, self.dtype, f"block_{i + 2}_1")(
+        _conv(self.out, 1, dtype=self.dtype, name=f"block_{i + 2}_0")(y))
+    return x + y if self.strides == 1 and x.shape[-1] == self.out else y
+
+
+class SqueezeExcite(nn.Module):
+  squeeze: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    s = jnp.mean(x, axis=(1, 2), keepdims=True)
+    s = nn.silu(_conv(self.squeeze, 1, use_bias=True, dtype=self.dtype, name="fc1")(s))
+    s = _conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype, name="fc2")(s)
+    return x * nn.sigmoid(s)
+
+
+class EfficientNetB3Encoder(nn.Module):
+  """torchvision efficientnet_b3().features[0:8]: the stem conv (40, 1/2) and seven MBConv stages.
+  Features: the last map at each resolution, stage1 (24, 1/2), stage2 (32, 1/4), stage3 (48,
+  1/8), stage5 (136, 1/16) and stage7 (384, 1/32). Like segmentation_models' encoders it stops
+  before the 1x1 head conv to 1536 channels (`features.8`), which the importer skips."""
+
+  dtype: jnp.dtype = jnp.float32
+  STAGES = ("stem",) + tuple(f"stage{i}" for i in range(1, 8))
+  IGNORED = ("features.8.",)
+  WIDTH, DEPTH = 1.2, 1.4
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = _conv(_round_width(32 * self.WIDTH), 3, 2, dtype=self.dtype, name="features_0_0")(x)
+    x = nn.silu(_bn(train, self.dtype, "features_0_1")(x))
+    feats = []
+    for stage, (expand, kernel, strides, out, blocks) in enumerate(_EFFNET_B0, start=1):
+      if strides == 2:  # the map before each down-sampling stage is the last at its resolution
+        feats.append(x)
+      for b in range(math.ceil(blocks * self.DEPTH)):
+        x = MBConv(expand, kernel, strides if b == 0 else 1, _round_width(out * self.WIDTH),
+                   self.dtype, name=f"features_{stage}_{b}")(x, train)
+    return feats + [x]
+
+  @staticmethod
+  def stage_of(path: str) -> str:
+    """'features_6_3' -> 'stage6'; 'features_0_0' -> 'stem'."""
+    stage = int(path.split("_")[1])
+    return f"stage{stage}" if stage else "stem"
+
+
+ENCODERS = {"vgg16": VGG16Encoder, "resnet50": ResNet50Encoder,
+            "efficientnet_b3": EfficientNetB3Encoder}

@@ -55,14 +55,16 @@ def _flax_key(torch_key: str, ndim: int) -> tuple[str, tuple[str, ...]]:
   return "params", (*path, leaf)
 
 
-def convert(state_dict: dict, variables: dict, source: str = "weights") -> dict:
+def convert(state_dict: dict, variables: dict, source: str = "weights",
+            ignored: tuple[str, ...] = ()) -> dict:
   """Returns `variables` ({'params', 'batch_stats'} of one encoder) with every tensor replaced by
-  its converted counterpart from `state_dict`; raises DataError listing every mismatch."""
+  its converted counterpart from `state_dict`; raises DataError listing every mismatch. Keys
+  starting with one of `ignored` (layers the encoder leaves out) are skipped."""
   flat = {col: traverse_util.flatten_dict(variables.get(col, {})) for col in ("params", "batch_stats")}
   seen, unexpected, misshaped = set(), [], []
   out = {col: dict(v) for col, v in flat.items()}
   for key, value in state_dict.items():
-    if key.startswith(_IGNORED_PREFIXES) or key.endswith(_IGNORED_SUFFIXES):
+    if key.startswith(_IGNORED_PREFIXES + tuple(ignored)) or key.endswith(_IGNORED_SUFFIXES):
       continue
     value = np.asarray(value, np.float32)
     col, path = _flax_key(key, value.ndim)
@@ -70,7 +72,7 @@ def convert(state_dict: dict, variables: dict, source: str = "weights") -> dict:
       unexpected.append(key)
       continue
     if value.ndim == 4:
-      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO
+      value = value.transpose(2, 3, 1, 0)  # OIHW -> HWIO (depthwise: (C,1,k,k) -> (k,k,1,C))
     want = tuple(flat[col][path].shape)
     if value.shape != want:
       misshaped.append(f"{key}: {value.shape} but the encoder needs {want}")
@@ -89,12 +91,13 @@ def convert(state_dict: dict, variables: dict, source: str = "weights") -> dict:
   return {col: traverse_util.unflatten_dict(v) for col, v in out.items() if v}
 
 
-def load_encoder(path: str, params: dict, batch_stats: dict) -> tuple[dict, dict]:
+def load_encoder(path: str, params: dict, batch_stats: dict,
+                 ignored: tuple[str, ...] = ()) -> tuple[dict, dict]:
   """(params, batch_stats) of a whole model with its 'encoder' subtree loaded from `path`."""
   enc = {"params": params["encoder"]}
   if "encoder" in batch_stats:
     enc["batch_stats"] = batch_stats["encoder"]
-  new = convert(load_state_dict(path), enc, source=path)
+  new = convert(load_state_dict(path), enc, source=path, ignored=ignored)
   params = {**params, "encoder": new["params"]}
   if "batch_stats" in new:
     batch_stats = {**batch_stats, "encoder": new["batch_stats"]}

@@ -70,7 +70,7 @@ class Experiment:
   # ---- state -------------------------------------------------------------------------------
   def init_state(self):
     return state_lib.create_state(self.model, self.tx, self.input_shape, self.config.seed,
-                                  self.replicated)
+                                  self.replicated, self.config.model.kernel_init)
 
   def restore_or_init(self, which: str = "latest"):
     """(state, data_state or None, where it came from)."""
@@ -82,24 +82,39 @@ class Experiment:
     if self.config.init_from:
       return self._load_weights(state, self.config.init_from), None, self.config.init_from
     if self.config.model.pretrained:
+      if self.config.model.name not in models.ENCODER_OF:
+        raise ValueError(f"model.pretrained needs an encoder model ({', '.join(models.ENCODER_OF)})"
+                         f", not {self.config.model.name!r}")
+      encoder = models.ENCODERS[models.ENCODER_OF[self.config.model.name]]
       params, stats = pretrained.load_encoder(self.config.model.pretrained,
                                               parallel.to_host(state.params),
-                                              parallel.to_host(state.batch_stats))
+                                              parallel.to_host(state.batch_stats),
+                                              ignored=encoder.IGNORED)
       state = state.replace(params=jax.device_put(params, self.replicated),
                             batch_stats=jax.device_put(stats, self.replicated))
       return state, None, f"scratch with encoder weights {self.config.model.pretrained}"
     return state, None, "scratch"
 
   def _load_weights(self, state, path: str):
-    """Params and batch statistics (not optimizer state or step) from another run."""
+    """Params and batch statistics (not optimizer state or step) from another run, which may
+    have frozen other layers (a different optimizer state) or run on other devices."""
     path = os.path.abspath(path)
+    if os.path.isdir(os.path.join(path, "checkpoints")):  # a run's workdir
+      path = os.path.join(path, "checkpoints")
     if os.path.basename(path).isdigit():
       other, step = Checkpoints(os.path.dirname(path), read_only=True), int(os.path.basename(path))
     else:
       other = Checkpoints(path, read_only=True)
       step = other.resolve("best")
-    restored, _ = other.restore(step, state)
-    return state.replace(params=restored.params, batch_stats=restored.batch_stats)
+    saved, _ = other.read(step)
+    weights = {"params": saved["params"], "batch_stats": saved.get("batch_stats", {})}
+    want = {"params": state.params, "batch_stats": state.batch_stats}
+    shape = lambda t: jax.tree.map(lambda a: tuple(a.shape), t)  # noqa: E731
+    if shape(weights) != shape(want):
+      raise ValueError(f"init_from={path} (step {step}): its parameters do not fit model "
+                       f"{self.config.model.name!r} as configured")
+    weights = jax.device_put(weights, self.replicated)
+    return state.replace(params=weights["params"], batch_stats=weights["batch_stats"])
 
   # ---- data --------------------------------------------------------------------------------
   def sources(self) -> dict:
