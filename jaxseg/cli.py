@@ -2,6 +2,7 @@
 
   jaxseg train    --config=configs/lgg_unet.py --workdir=runs/lgg [--config.optim.lr=3e-4]
   jaxseg evaluate --config=configs/lgg_unet.py --workdir=runs/lgg [--split=test] [--checkpoint=best]
+                  [--per_case [--tta] [--ensemble=best,latest,runs/lgg2]]
   jaxseg predict  --config=configs/lgg_unet.py --workdir=runs/lgg --input=a.tif,dir/ --output=out/
   jaxseg bench    --config=configs/lgg_unet.py [--what=step|loop|all] [--bench_steps=50]
 
@@ -26,6 +27,16 @@ _WORKDIR = flags.DEFINE_string(
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "best", "evaluate/predict: 'best' (by validation Dice), 'latest' or a step.")
 _SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"], "evaluate: which split.")
+_PER_CASE = flags.DEFINE_bool(
+    "per_case", False, "evaluate: score whole volumes per class (Dice, IoU, precision, recall, "
+    "HD95 in mm) and write eval_<split>_cases.json/.csv.")
+_TTA = flags.DEFINE_bool("tta", False, "evaluate --per_case: average over flips of the input.")
+_ENSEMBLE = flags.DEFINE_list(
+    "ensemble", [], "evaluate --per_case: checkpoints to average instead of --checkpoint: "
+    "best, latest, a step, or other workdirs of the same model as PATH[:best|latest|STEP].")
+_OVERLAP = flags.DEFINE_float(
+    "overlap", 0.5, "evaluate --per_case: sliding-window overlap for volumes larger than the "
+    "training patch.")
 _INPUT = flags.DEFINE_list(
     "input", [], "predict: image files (.tif/.png) or folders of them, comma-separated.")
 _OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the masks (created).")
@@ -76,6 +87,12 @@ def main(argv):
   if command == "train":
     from jaxseg.train.loop import train_and_evaluate
     train_and_evaluate(config, _WORKDIR.value)
+  elif command == "evaluate" and _PER_CASE.value:
+    from jaxseg.evaluation import CaseEvaluator
+    result = CaseEvaluator(config, _WORKDIR.value, _SPLIT.value,
+                           _ENSEMBLE.value or [_CHECKPOINT.value], _TTA.value,
+                           _OVERLAP.value).run()
+    print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))
   elif command == "evaluate":
     from jaxseg.predict import evaluate_checkpoint
     result = evaluate_checkpoint(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)

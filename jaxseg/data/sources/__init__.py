@@ -2,6 +2,7 @@
 case_strata / sample_weights; the helper below is the one weighting rule they share."""
 
 import collections
+import dataclasses
 
 import numpy as np
 
@@ -11,3 +12,22 @@ def inverse_frequency(keys) -> np.ndarray:
   keys = list(keys)
   counts = collections.Counter(keys)
   return np.array([1.0 / counts[k] for k in keys])
+
+
+@dataclasses.dataclass(frozen=True)
+class VolumeRef:
+  """One scored volume of a source: its samples in order (one 3-D sample, or a stack of 2-D
+  slices) and its voxel spacing in array order (mm; None when the format does not record it)."""
+
+  key: str
+  indices: tuple[int, ...]
+  spacing: tuple[float, ...] | None = None
+
+
+def group_slices(keys, order, spacing_of=lambda key: None) -> list[VolumeRef]:
+  """Slices grouped by volume key and sorted by `order` (slice number) within each volume."""
+  groups = collections.defaultdict(list)
+  for i, (key, n) in enumerate(zip(keys, order, strict=True)):
+    groups[key].append((n, i))
+  return [VolumeRef(key, tuple(i for _, i in sorted(groups[key])), spacing_of(key))
+          for key in sorted(groups)]

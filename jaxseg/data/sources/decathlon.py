@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from jaxseg.data.sources import inverse_frequency
+from jaxseg.data.sources import VolumeRef, inverse_frequency
 from jaxseg.errors import DataError
 
 
@@ -177,6 +177,29 @@ class DecathlonSource:
 
   def case_ids(self) -> list[str]:
     return [v.case_id for v in self.volumes]
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return tuple(self.label_names[1:])  # background is not scored
+
+  def scored_volumes(self, image_size: int = 0) -> list[VolumeRef]:
+    """Each case: its one 3-D sample, or its axial slices in order. Spacing from the NIfTI
+    header (X, Y, Z -> array order Z, Y, X), times the down-sampling factor, and for slices
+    the in-plane resize to `image_size`."""
+    out = []
+    for v, vol in enumerate(self.volumes):
+      indices = (v,) if self.depth else tuple(range(v * self._depth, (v + 1) * self._depth))
+      out.append(VolumeRef(vol.case_id, indices, self._spacing(v, image_size)))
+    return out
+
+  def _spacing(self, v: int, image_size: int) -> tuple[float, ...]:
+    import nibabel as nib
+    zooms = nib.load(self.volumes[v].image_path).header.get_zooms()[:3]
+    spacing = [z * self.downsample for z in reversed(zooms)]
+    if not self.depth and image_size:
+      shape = self.load(v)[1].shape
+      spacing[1:] = [s * n / image_size for s, n in zip(spacing[1:], shape[1:], strict=True)]
+    return tuple(float(s) for s in spacing)
 
   def case_strata(self) -> dict[str, int]:
     """Which tumour classes a volume has, as a bit mask (reads every label once)."""

@@ -21,10 +21,11 @@ import numpy as np
 from PIL import Image
 
 from jaxseg.data import rle
-from jaxseg.data.sources import inverse_frequency
+from jaxseg.data.sources import VolumeRef, group_slices, inverse_frequency
 from jaxseg.errors import DataError
 
 CLASSES = ("large_bowel", "small_bowel", "stomach")
+SLICE_THICKNESS_MM = 3.0  # the competition's data description; not in the file names
 _ID_RE = re.compile(r"^(?P<case>case\d+)_(?P<day>day\d+)_slice_(?P<n>\d+)$")
 _NAME_RE = re.compile(r"^slice_(?P<n>\d+)_(?P<w>\d+)_(?P<h>\d+)_(?P<px>[\d.]+)_(?P<py>[\d.]+)\.png$")
 
@@ -171,6 +172,23 @@ class GISource:
 
   def case_ids(self) -> list[str]:
     return sorted({r.case_id for r in self.records})
+
+  class_names = CLASSES
+
+  def scored_volumes(self, image_size: int = 0) -> list[VolumeRef]:
+    """One volume per scan (case and day), slices in order. Spacing: the competition's 3 mm
+    slice thickness, and the pixel spacing from the file name scaled to the model's image size
+    (the spacing of the first slice; a scan's slices share it)."""
+    first = {}
+    for r in self.records:
+      first.setdefault(r.scan, r)
+
+    def spacing(scan):
+      r = first[scan]
+      (h, w), (px, py) = r.shape, r.spacing
+      return (SLICE_THICKNESS_MM, py * h / (image_size or h), px * w / (image_size or w))
+
+    return group_slices([r.scan for r in self.records], [r.index for r in self.records], spacing)
 
   def case_strata(self) -> dict[str, int]:
     """The case's organ combination (bit mask of classes present in any slice)."""

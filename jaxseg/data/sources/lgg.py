@@ -15,7 +15,7 @@ import re
 import numpy as np
 import tifffile
 
-from jaxseg.data.sources import inverse_frequency
+from jaxseg.data.sources import VolumeRef, group_slices, inverse_frequency
 from jaxseg.errors import DataError
 
 _SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)\.tiff?$")
@@ -120,6 +120,13 @@ class LGGSource:
 
   def case_ids(self) -> list[str]:
     return sorted({r.case_id for r in self.records})
+
+  class_names = ("tumour",)
+
+  def scored_volumes(self, image_size: int = 0) -> list[VolumeRef]:
+    """One volume per patient, slices in order. kaggle_3m's tifs carry no spacing: pixels."""
+    del image_size
+    return group_slices([r.case_id for r in self.records], [r.index for r in self.records])
 
   def has_tumour(self) -> np.ndarray:
     """Per slice, whether its mask has any foreground. Reads every mask once per source object
