@@ -1,10 +1,13 @@
-"""jaxseg command line: train | evaluate | predict | bench.
+"""jaxseg command line: train | evaluate | predict | bench | sweep | report.
 
   jaxseg train    --config=configs/lgg_unet.py --workdir=runs/lgg [--config.optim.lr=3e-4]
   jaxseg evaluate --config=configs/lgg_unet.py --workdir=runs/lgg [--split=test] [--checkpoint=best]
                   [--per_case [--tta] [--ensemble=best,latest,runs/lgg2]]
   jaxseg predict  --config=configs/lgg_unet.py --workdir=runs/lgg --input=a.tif,dir/ --output=out/
   jaxseg bench    --config=configs/lgg_unet.py [--what=step|loop|all] [--bench_steps=50]
+  jaxseg sweep    --config=configs/lgg_unet_bn_study.py --workdir=runs/bn [--sweep='optim.lr=[0.1,1e-4]']
+                  [--sweep_index=N]
+  jaxseg report   --workdir=runs/a,runs/b --output=reports/ab [--split=val] [--cases=3]
 
 Config overrides are `--config.<path>=<value>`; unknown keys and wrong types are errors.
 """
@@ -16,7 +19,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-COMMANDS = ("train", "evaluate", "predict", "bench")
+COMMANDS = ("train", "evaluate", "predict", "bench", "sweep", "report")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (configs/*.py); override fields with "
@@ -39,12 +42,21 @@ _OVERLAP = flags.DEFINE_float(
     "training patch.")
 _INPUT = flags.DEFINE_list(
     "input", [], "predict: image files (.tif/.png) or folders of them, comma-separated.")
-_OUTPUT = flags.DEFINE_string("output", None, "predict: folder for the masks (created).")
+_OUTPUT = flags.DEFINE_string(
+    "output", None, "predict: folder for the masks; report: folder for the report (created).")
 _OVERLAY = flags.DEFINE_bool(
     "overlay", False, "predict: also write a PNG of image | ground truth (if found) | prediction.")
 _WHAT = flags.DEFINE_enum("what", "all", ["step", "loop", "all"],
                           "bench: compiled train step, end-to-end loop with Grain, or both.")
 _BENCH_STEPS = flags.DEFINE_integer("bench_steps", 50, "bench: timed steps after warm-up.")
+_SWEEP = flags.DEFINE_string(
+    "sweep", None, "sweep: the grid, 'a.b=[v1,v2];c.d=[v3]' (product of the lists); default: the "
+    "config file's sweep() function.")
+_SWEEP_INDEX = flags.DEFINE_integer("sweep_index", None, "sweep: run only this point.")
+_CASES = flags.DEFINE_integer("cases", 3, "report: mask panels per run (best, median, worst...).")
+_LAYERS = flags.DEFINE_list(
+    "layers", [], "report: modules whose activations to show (default: first, middle and last "
+    "top-level blocks).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
     "Call jax.distributed.initialize(): 'auto' does when a cluster environment (SLURM, TPU VM, "
@@ -77,6 +89,13 @@ def main(argv):
     raise app.UsageError(f"usage: jaxseg {{{'|'.join(COMMANDS)}}} --config=FILE [flags]; "
                          f"got {argv[1:]}")
   command = argv[1]
+  if command == "report":
+    if not _WORKDIR.value or not _OUTPUT.value:
+      raise app.UsageError("jaxseg report needs --workdir=RUN[,RUN...] and --output")
+    from jaxseg.report import write_report
+    write_report(_WORKDIR.value.split(","), _OUTPUT.value, _SPLIT.value, _CASES.value,
+                 _LAYERS.value)
+    return
   if _CONFIG.value is None:
     raise app.UsageError("--config is required")
   if command != "bench" and not _WORKDIR.value:
@@ -103,9 +122,27 @@ def main(argv):
       raise app.UsageError("jaxseg predict needs --input and --output")
     predict_files(config, _WORKDIR.value, _INPUT.value, _OUTPUT.value, _CHECKPOINT.value,
                   _OVERLAY.value)
+  elif command == "sweep":
+    from jaxseg import sweep
+    points = sweep.parse_grid(_SWEEP.value) if _SWEEP.value else _config_sweep()
+    for row in sweep.run_sweep(config, _WORKDIR.value, points, _SWEEP_INDEX.value):
+      score = row["result"] and row["result"].get("dice")
+      print(f"{row['name']}: {'not done' if score is None else f'val dice {score:.4f}'}")
   elif command == "bench":
     from jaxseg.bench import run_bench
     run_bench(config, _WHAT.value, _BENCH_STEPS.value, _WORKDIR.value)
+
+
+def _config_sweep() -> list[dict]:
+  """The `sweep()` function of the --config file, if it has one."""
+  import importlib.util
+  path = config_flags.get_config_filename(flags.FLAGS["config"]).split(":")[0]
+  spec = importlib.util.spec_from_file_location("_sweep_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, "sweep"):
+    raise app.UsageError(f"{path} has no sweep(); pass --sweep='key=[v1,v2];...'")
+  return module.sweep()
 
 
 def run():

@@ -26,7 +26,8 @@ def _load(path):
 def test_every_config_is_covered():
   names = {os.path.basename(p)[:-3] for p in CONFIGS}
   assert {"demo", "lgg_unet", "lgg_unet_vgg16", "lgg_unet_resnet50",
-          "lgg_unet_resnet50_frozen2", "lgg_resunet", "lgg_unext", "gi_cnn_scratch", "brats_2d", "brats_3d", "lgg_unet_bn_study"} <= names
+          "lgg_unet_resnet50_frozen2", "lgg_resunet", "lgg_unext", "gi_cnn_scratch", "gi_unetpp_effb3",
+          "brats_2d", "brats_3d", "lgg_unet_bn_study"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p)[:-3])
