@@ -7,9 +7,9 @@ Reference recipe: 3 multi-label outputs (large bowel, small bowel, stomach), 224
 0.4 Dice + 0.6 BCE, RMSprop lr 5e-4 momentum 0.9, cosine annealing T_max 50 epochs to 1e-5,
 batch 16, 30 epochs, weighted sampler 1 / organ-combination count, 80/10/10 split, best
 validation Dice kept. Conv-BN-ReLU-Dropout2d(0.1) residual blocks. Augmentation: flips and
-shift-scale-rotate (shift 0.03, scale 0.1, rotate 20 degrees, p 0.85; on the device with
---config.data.augment.on_device=true), one of {Gaussian noise, blur} p 0.5. Not yet here:
-CLAHE and elastic / grid distortion (issue 4).
+shift-scale-rotate (shift 0.03, scale 0.1, rotate 20 degrees, p 0.85), one of {elastic, grid
+distortion} p 0.2 (both warps on the device with --config.data.augment.on_device=true), one of
+{Gaussian noise, blur} p 0.5; CLAHE (clip 2, 8 x 8 tiles) on every image, train and test.
 """
 
 from jaxseg.config import default_config
@@ -38,6 +38,10 @@ def get_config():
   c.data.augment.ssr_scale = 0.1
   c.data.augment.ssr_rotate = 20.0
   c.data.augment.noise_or_blur = 0.5
+  c.data.augment.elastic_or_grid = 0.2
+  c.data.augment.elastic_alpha = 8.0  # pixels at 224
+  c.data.clahe_clip = 2.0  # always, train and test
+  c.data.clahe_tiles = 8
   c.model.name = "unet"
   c.model.features = 56
   c.model.residual = True

@@ -33,6 +33,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.sampler = "uniform"
   c.data.drop_unlabelled = True  # GI: skip slices with no organ labelled
   c.data.normalize = "zscore"  # zscore (per image and channel) | none (the source normalises)
+  # CLAHE (OpenCV) on every image before normalisation, train and test; 0 = off. The GI
+  # project: clip 2.0, 8 x 8 tiles.
+  c.data.clahe_clip = 0.0
+  c.data.clahe_tiles = 8
   # Decathlon / BraTS volumes: centre crop (D, H, W; empty = none), integer down-sampling,
   # modalities to keep (indices; empty = all), where preprocessed volumes are cached
   # ('' = workdir/preprocessed).
@@ -63,6 +67,16 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.augment.brightness_contrast = 0.0  # probability
   c.data.augment.brightness = 0.2
   c.data.augment.contrast = 0.2
+  c.data.augment.gamma = 0.0  # probability of a random gamma
+  c.data.augment.gamma_limit = 0.2  # gamma in [1 / 1.2, 1.2]
+  # Probability of one of {elastic deformation, grid distortion} (on the device too, with
+  # on_device). Elastic: normal displacements of elastic_alpha pixels on an elastic_control^2
+  # grid, interpolated; grid: grid_cells per axis, each stretched by up to +-grid_limit.
+  c.data.augment.elastic_or_grid = 0.0
+  c.data.augment.elastic_alpha = 8.0
+  c.data.augment.elastic_control = 5
+  c.data.augment.grid_cells = 5
+  c.data.augment.grid_limit = 0.3
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet"

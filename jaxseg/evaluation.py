@@ -44,7 +44,7 @@ class CaseEvaluator:
     self.source = self.exp.sources()[split]
     self.states, self.steps = zip(*(self._restore(spec) for spec in checkpoints), strict=True)
     self.probabilities = make_probabilities(self.exp.predict_fn, tta)
-    self.prep = Preprocess(config.data.image_size, config.data.normalize)
+    self.prep = Preprocess.from_config(config.data)
     self.overlap, self.tta = overlap, tta
     self.volumes = self.source.scored_volumes(config.data.image_size) if len(self.source) else []
     self.classes = class_names(self.source, config)

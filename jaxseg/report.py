@@ -217,16 +217,20 @@ def plot_volume(ev: CaseEvaluator, path: str, slices: int = 4):
   return True
 
 
+def _cell(summary: dict, score: str, k: int) -> str:
+  mean, std = summary[score]["mean"][k], summary[score]["std"][k]
+  return f"{mean:.3f} ± {std:.3f}" if np.isfinite(mean) else "n/a"
+
+
 def _table(evals: dict, best: dict) -> list[list[str]]:
   rows = [["run", "class", "best step", "val Dice (pooled)", "Dice", "IoU", "precision",
            "recall", "HD95", "cases"]]
   for name, ev in evals.items():
     s = ev["summary"]
     for k, cls in enumerate(ev["classes"]):
-      cell = lambda score: (f"{s[score]['mean'][k]:.3f} ± {s[score]['std'][k]:.3f}"  # noqa: E731
-                            if np.isfinite(s[score]["mean"][k]) else "n/a")
-      rows.append([name, cls, str(best[name][0]), f"{best[name][1]:.4f}", cell("dice"),
-                   cell("iou"), cell("precision"), cell("recall"), cell("hd95"),
+      rows.append([name, cls, str(best[name][0]), f"{best[name][1]:.4f}",
+                   *(_cell(s, score, k) for score in ("dice", "iou", "precision", "recall",
+                                                      "hd95")),
                    str(s["num_cases"])])
   return rows
 
@@ -239,7 +243,7 @@ def write_report(workdirs, output: str, split: str = "val", cases: int = 3,
   runs = {_run_name(d): read_metrics(d) for d in dirs}
   files = {"learning_curves": os.path.join(output, "learning_curves.png")}
   plot_curves(runs, files["learning_curves"])
-  evals, best, figures = {}, {}, []
+  evals, best = {}, {}
   for d in dirs:
     name = _run_name(d)
     ev = CaseEvaluator(load_config(d), d, split)

@@ -62,9 +62,77 @@ def test_on_device_augmentation_in_the_train_step():
   state, acc = exp.train_step(state, _random_batch(exp), acc)
   assert int(state.step) == 1 and np.isfinite(float(acc["loss_sum"]))
   batch = {"image": jnp.ones((2, 8, 8, 1)), "mask": jnp.ones((2, 8, 8, 1))}
-  warped = step_lib.device_shift_scale_rotate(batch, jax.random.key(0), c.data.augment)
+  warped = step_lib.device_augment(batch, jax.random.key(0), c.data.augment)
   assert warped["image"].shape == (2, 8, 8, 1)
   assert float(warped["image"].sum()) < 128  # rotated / shifted: zeros came in
   c.data.augment.ssr = 0.0
-  same = step_lib.device_shift_scale_rotate(batch, jax.random.key(0), c.data.augment)
+  same = step_lib.device_augment(batch, jax.random.key(0), c.data.augment)
+  np.testing.assert_array_equal(same["image"], batch["image"])
+
+
+# ---- elastic deformation and grid distortion ----
+
+
+def _fields(seed, h=32, w=40):
+  from scipy import ndimage
+  rng = np.random.default_rng(seed)
+  noise = rng.normal(size=(2, 5, 5)).astype(np.float32)
+  steps = rng.uniform(-0.3, 0.3, (2, 5)).astype(np.float32)
+  host = [geometry.elastic_field(noise, h, w, 6.0, ndimage.map_coordinates),
+          geometry.grid_distortion_field(steps, h, w)]
+  device = [geometry.elastic_field(jnp.asarray(noise), h, w, 6.0,
+                                   jax.scipy.ndimage.map_coordinates, xp=jnp),
+            geometry.grid_distortion_field(jnp.asarray(steps), h, w, xp=jnp)]
+  return host, device
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_elastic_and_grid_fields_and_warps_agree_on_host_and_device(seed):
+  rng = np.random.default_rng(seed)
+  image = rng.normal(size=(32, 40, 3)).astype(np.float32)
+  mask = (rng.random((32, 40, 2)) < 0.3).astype(np.float32)
+  for h_src, d_src in zip(*_fields(seed), strict=True):
+    np.testing.assert_allclose(np.asarray(d_src), h_src, atol=1e-4)
+    src = jnp.asarray(h_src)  # the same field on both sides: the warps themselves agree
+    np.testing.assert_allclose(np.asarray(geometry.warp_field_device(jnp.asarray(image), src,
+                                                                     False)),
+                               geometry.warp_field_host(image, h_src, False), atol=1e-4)
+    np.testing.assert_array_equal(
+        np.asarray(geometry.warp_field_device(jnp.asarray(mask), src, True)),
+        geometry.warp_field_host(mask, h_src, True))
+
+
+def test_grid_distortion_is_monotone_and_keeps_the_corners():
+  steps = np.array([[0.3, -0.3, 0.2, -0.1, 0.0], [-0.2, 0.3, 0.3, -0.3, 0.1]], np.float32)
+  src = geometry.grid_distortion_field(steps, 20, 30)
+  rows, cols = src[0][:, 0], src[1][0, :]
+  assert np.all(np.diff(rows) > 0) and np.all(np.diff(cols) > 0)
+  assert rows[0] == 0 and rows[-1] == pytest.approx(19) and cols[-1] == pytest.approx(29)
+  assert not np.allclose(rows, np.arange(20))
+  zero = geometry.grid_distortion_field(np.zeros((2, 5), np.float32), 20, 30)
+  np.testing.assert_allclose(zero[0][:, 0], np.arange(20), atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_elastic_or_grid_keeps_image_and_mask_aligned(seed):
+  from jaxseg.data.transforms import ElasticOrGrid
+  rng = np.random.default_rng(seed)
+  mask = np.zeros((48, 48, 1), np.float32)
+  mask[10:30, 14:40] = 1
+  sample = {"image": mask * 100, "mask": mask}
+  out = ElasticOrGrid(p=1.0, alpha=4.0).random_map(sample, rng)
+  agree = ((out["image"][..., 0] > 50) == (out["mask"][..., 0] > 0.5)).mean()
+  assert agree > 0.98 and not np.array_equal(out["mask"], mask)
+  assert set(np.unique(out["mask"])) <= {0.0, 1.0}  # nearest: no blended labels
+
+
+def test_device_elastic_or_grid_warps_in_the_step():
+  c = default_config()
+  c.data.augment.elastic_or_grid, c.data.augment.elastic_alpha = 1.0, 3.0
+  batch = {"image": jnp.tile(jnp.arange(16.0)[None, :, None, None], (2, 1, 16, 1)),
+           "mask": jnp.ones((2, 16, 16, 1))}
+  warped = step_lib.device_augment(batch, jax.random.key(1), c.data.augment)
+  assert not np.allclose(warped["image"], batch["image"])
+  c.data.augment.elastic_or_grid = 0.0
+  same = step_lib.device_augment(batch, jax.random.key(1), c.data.augment)
   np.testing.assert_array_equal(same["image"], batch["image"])

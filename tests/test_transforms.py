@@ -87,3 +87,30 @@ def test_one_of_noise_or_blur_picks_each_about_half_the_time():
   noise = sum(not np.all(t.random_map(s, np.random.default_rng(i))["image"] == 0)
               for i in range(400))
   assert 160 < noise < 240
+
+
+def test_clahe_equalises_a_low_contrast_image_per_channel():
+  from jaxseg.data.transforms import Preprocess, clahe
+  rng = np.random.default_rng(0)
+  # A skewed image: after min-max scaling most pixels sit in the lowest tenth of the range.
+  image = (rng.exponential(size=(64, 64, 2)) ** 1.5).astype(np.float32)
+  low_before = (image[..., 0] / image[..., 0].max() < 0.1).mean()
+  out = clahe(image, 2.0, 8)
+  assert out.shape == image.shape and out.dtype == np.float32
+  assert 0 <= out.min() and out.max() <= 1
+  low_after = (out[..., 0] < 0.1).mean()
+  assert low_before > 0.8 and low_after < 0.6 * low_before, (low_before, low_after)
+  np.testing.assert_array_equal(clahe(np.full((16, 16, 1), 3.0, np.float32), 2.0, 4),
+                                clahe(np.full((16, 16, 1), 9.0, np.float32), 2.0, 4))
+  # Preprocess applies it before the z-score, train and test alike
+  s = {"image": image, "mask": np.zeros((64, 64, 1), np.float32)}
+  pre = Preprocess(0, "none", clahe_clip=2.0).map(s)
+  np.testing.assert_allclose(pre["image"], out)
+
+
+def test_gamma_keeps_the_range_and_bends_the_middle():
+  from jaxseg.data.transforms import gamma
+  image = np.linspace(-2, 3, 101, dtype=np.float32).reshape(101, 1, 1)
+  out = gamma(image, np.random.default_rng(1), 0.5)
+  assert out.min() == pytest.approx(-2) and out.max() == pytest.approx(3)
+  assert np.all(np.diff(out[:, 0, 0]) >= 0) and not np.allclose(out, image)

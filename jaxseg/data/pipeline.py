@@ -19,7 +19,13 @@ from jaxseg.data import builtin, splits
 from jaxseg.data.sources.decathlon import DecathlonSource
 from jaxseg.data.sources.gi import GISource
 from jaxseg.data.sources.lgg import LGGSource
-from jaxseg.data.transforms import FlipRot90, Intensity, Preprocess, ShiftScaleRotate
+from jaxseg.data.transforms import (
+    ElasticOrGrid,
+    FlipRot90,
+    Intensity,
+    Preprocess,
+    ShiftScaleRotate,
+)
 
 SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource}
 # Keys that stay on the host (strings, ids); everything else in a batch goes to the devices.
@@ -105,13 +111,17 @@ def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   """An endless, augmented stream of this host's training batches."""
   aug = data_cfg.augment
   ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
-  ds = (ds.map(Preprocess(data_cfg.image_size, data_cfg.normalize))
+  ds = (ds.map(Preprocess.from_config(data_cfg))
         .random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90)))
   if aug.ssr and not aug.on_device:
     ds = ds.random_map(ShiftScaleRotate(aug.ssr, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate))
-  if aug.noise_or_blur or aug.brightness_contrast:
+  if aug.elastic_or_grid and not aug.on_device:
+    ds = ds.random_map(ElasticOrGrid(aug.elastic_or_grid, aug.elastic_alpha, aug.elastic_control,
+                                     aug.grid_cells, aug.grid_limit))
+  if aug.noise_or_blur or aug.brightness_contrast or aug.gamma:
     ds = ds.random_map(Intensity(aug.noise_or_blur, aug.noise_std, aug.blur_sigma,
-                                 aug.brightness_contrast, aug.brightness, aug.contrast))
+                                 aug.brightness_contrast, aug.brightness, aug.contrast,
+                                 aug.gamma, aug.gamma_limit))
   ds = ds.batch(local_batch_size(data_cfg.batch_size), drop_remainder=True)
   return _to_iter(ds, data_cfg)
 
@@ -126,8 +136,7 @@ def eval_batches(source, data_cfg):
   bs = local_batch_size(data_cfg.eval_batch_size)
   per_host = -(-len(source) // n_proc)
   n_batches = -(-per_host // bs)
-  ds = grain.MapDataset.source(source)[pid::n_proc].map(
-      Preprocess(data_cfg.image_size, data_cfg.normalize))
+  ds = grain.MapDataset.source(source)[pid::n_proc].map(Preprocess.from_config(data_cfg))
   it = iter(_to_iter(ds, data_cfg))
   for _ in range(n_batches):
     items = [x for x in (next(it, None) for _ in range(bs)) if x is not None]

@@ -40,20 +40,38 @@ def micro_batches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
-def device_shift_scale_rotate(batch: dict, rng, aug) -> dict:
-  """data.augment's shift-scale-rotate on the device: per example, with probability aug.ssr,
-  the warp of jaxseg.data.geometry (the host transform's twin) on image and mask."""
+def device_augment(batch: dict, rng, aug) -> dict:
+  """data.augment's geometric transforms on the device, per example, the twins of the host
+  transforms (jaxseg.data.geometry): shift-scale-rotate with probability aug.ssr, then one of
+  {elastic, grid distortion} with probability aug.elastic_or_grid."""
   h, w = batch["image"].shape[1:3]
-  u = jax.random.uniform(rng, (batch["image"].shape[0], 5))
+  n = batch["image"].shape[0]
+  k_ssr, k_u, k_noise, k_steps = jax.random.split(rng, 4)
+  u = jax.random.uniform(k_ssr, (n, 5))
+  v = jax.random.uniform(k_u, (n, 2))
+  noise = jax.random.normal(k_noise, (n, 2, aug.elastic_control, aug.elastic_control))
+  steps = jax.random.uniform(k_steps, (n, 2, aug.grid_cells), minval=-aug.grid_limit,
+                             maxval=aug.grid_limit)
 
-  def one(image, mask, u):
-    m, offset = geometry.ssr_params(u[:4], h, w, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate,
-                                    xp=jnp)
-    apply = u[4] < aug.ssr
-    return (jnp.where(apply, geometry.warp_device(image, m, offset, nearest=False), image),
-            jnp.where(apply, geometry.warp_device(mask, m, offset, nearest=True), mask))
+  def warp(image, mask, src, apply):
+    return (jnp.where(apply, geometry.warp_field_device(image, src, nearest=False), image),
+            jnp.where(apply, geometry.warp_field_device(mask, src, nearest=True), mask))
 
-  image, mask = jax.vmap(one)(batch["image"], batch["mask"], u)
+  def one(image, mask, u, v, noise, steps):
+    if aug.ssr:
+      m, offset = geometry.ssr_params(u[:4], h, w, aug.ssr_shift, aug.ssr_scale,
+                                      aug.ssr_rotate, xp=jnp)
+      image, mask = (jnp.where(u[4] < aug.ssr, geometry.warp_device(x, m, offset, nearest), x)
+                     for x, nearest in ((image, False), (mask, True)))
+    if aug.elastic_or_grid:
+      elastic = geometry.elastic_field(noise, h, w, aug.elastic_alpha,
+                                       jax.scipy.ndimage.map_coordinates, xp=jnp)
+      grid = geometry.grid_distortion_field(steps, h, w, xp=jnp)
+      image, mask = warp(image, mask, jnp.where(v[1] < 0.5, elastic, grid),
+                         v[0] < aug.elastic_or_grid)
+    return image, mask
+
+  image, mask = jax.vmap(one)(batch["image"], batch["mask"], u, v, noise, steps)
   return {**batch, "image": image, "mask": mask}
 
 
@@ -79,7 +97,7 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_step
   def train_step(state, batch, acc):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     if device_aug is not None:
-      batch = device_shift_scale_rotate(batch, jax.random.fold_in(rng, 1 << 30), device_aug)
+      batch = device_augment(batch, jax.random.fold_in(rng, 1 << 30), device_aug)
     if accum_steps == 1:
       loss, grads, batch_stats, counts = grads_and_stats(state.params, state.batch_stats,
                                                          batch, rng)
