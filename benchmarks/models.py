@@ -4,7 +4,9 @@
   .venv/bin/python benchmarks/models.py --steps=50 --batch=16 --dtype=bfloat16   # on a GPU
 
 For each model: parameters, forward FLOPs per example (XLA cost analysis), compile time, median
-train-step time and images/s. Results go to a markdown table and a JSON file named after the
+train-step time with its 10th-90th percentile spread, images/s, model FLOPs utilisation (MFU,
+against jaxseg.hardware's peak: a datasheet rate on accelerators, a measured matmul on CPUs) and
+XLA's memory for the step. Results go to a markdown table and a JSON file named after the
 date and device, with the jax version and git commit, so numbers from different runs are never
 mixed up. Compare models only within one file: these machines are noisy across runs.
 """
@@ -43,7 +45,7 @@ SUITE = {
                                         "num_classes": 4, "task": "multiclass"}),
 }
 
-_STEPS = flags.DEFINE_integer("steps", 10, "timed steps per model")
+_STEPS = flags.DEFINE_integer("steps", 50, "timed steps per model (after 2 warm-up steps)")
 _BATCH = flags.DEFINE_integer("batch", 4, "global batch (3-D rows use 1)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _ONLY = flags.DEFINE_list("only", [], "substrings of suite names to run")
@@ -79,7 +81,8 @@ def main(argv):
              input="x".join(map(str, shape)))
     rows.append(r)
     print(f"{name}: {r['params']:,} params | {r['gflop_fwd_per_example']:.2f} GFLOP fwd/ex | "
-          f"{r['ms_per_step']:.0f} ms/step | {r['images_per_s']:.2f} img/s", flush=True)
+          f"{r['ms_per_step']:.0f} ms/step | {r['images_per_s']:.2f} img/s | "
+          f"MFU {100 * r['mfu']:.1f}%", flush=True)
   meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
           "platform": jax.devices()[0].platform, "devices": jax.device_count(),
           "jax": jax.__version__, "commit": _commit(), "command": " ".join(sys.argv),
@@ -93,12 +96,16 @@ def main(argv):
   with open(stem + ".md", "w") as f:
     f.write(f"{meta['date']} · {meta['devices']}x {meta['device']} · jax {meta['jax']} · "
             f"commit {meta['commit']} · `{meta['command']}`\n\n")
+    if rows:
+      f.write(f"Peak for MFU: {rows[0]['peak_tflops']:.3f} TFLOP/s, {rows[0]['peak_source']}.\n\n")
     f.write("| model | input | batch | params | GFLOP fwd / example | compile s | ms / step "
-            "| images / s |\n|---|---|---|---|---|---|---|---|\n")
+            "(p10-p90) | images / s | MFU | step memory MB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
     for r in rows:
       f.write(f"| {r['name']} | {r['input']} | {r['batch']} | {r['params']:,} | "
               f"{r['gflop_fwd_per_example']:.2f} | {r['compile_s']:.1f} | "
-              f"{r['ms_per_step']:.0f} | {r['images_per_s']:.2f} |\n")
+              f"{r['ms_per_step']:.0f} ({r['ms_p10']:.0f}-{r['ms_p90']:.0f}) | "
+              f"{r['images_per_s']:.2f} | {100 * r['mfu']:.1f}% | {r['xla_step_mb']:.0f} |\n")
   print(f"wrote {stem}.md and .json")
 
 

@@ -1,10 +1,15 @@
 """`jaxseg bench`: how fast the compiled train step and the whole loop run on this machine.
 
 - step: the jitted train step on a device-resident random batch; compile time, FLOPs per step
-  (XLA cost analysis), median and spread of the step time over N synced steps after warm-up.
+  (XLA cost analysis), median and spread of the step time over N synced steps after warm-up,
+  model FLOPs utilisation against the device's peak (jaxseg.hardware), and memory: XLA's
+  buffer assignment for the step, and the device's own peak where it reports one (GPU, TPU).
 - loop: the real Grain pipeline with augmentation feeding the step through the device
   prefetcher, N steps, wall-clock images/s and the fraction of time spent waiting for input.
+- data: the training input pipeline alone (reading, decoding, the config's full augmentation
+  recipe, batching) with the config's worker count: samples/s and samples/s per worker core.
 Results print as one line each and return as dicts (benchmarks/ collects them into tables).
+Without a `data.root`, step, loop and data run on synthetic files in the config's format.
 """
 
 import tempfile
@@ -13,6 +18,7 @@ import time
 import jax
 import numpy as np
 
+from jaxseg import hardware
 from jaxseg.data import pipeline
 from jaxseg.train import step as step_lib
 from jaxseg.train.experiment import Experiment
@@ -47,20 +53,62 @@ def bench_step(config, steps: int = 50, warmup: int = 3) -> dict:
     times.append(time.perf_counter() - t0)
   t = np.array(times)
   med = float(np.median(t))
+  peak, peak_source = hardware.peak_tflops(config.model.dtype)
+  n_dev = jax.device_count()
+  mem = compiled.memory_analysis()
+  stats = jax.devices()[0].memory_stats() or {}
   return {"what": "step", "model": config.model.name, "device": jax.devices()[0].device_kind,
-          "devices": jax.device_count(), "batch": config.data.batch_size,
+          "devices": n_dev, "batch": config.data.batch_size,
           "image_size": config.data.image_size, "dtype": config.model.dtype,
           "compile_s": compile_s, "ms_per_step": 1e3 * med,
           "ms_p10": 1e3 * float(np.percentile(t, 10)), "ms_p90": 1e3 * float(np.percentile(t, 90)),
           "images_per_s": config.data.batch_size / med, "gflop_per_step": flops / 1e9,
-          "gflop_per_s": flops / med / 1e9, "steps": steps}
+          "gflop_per_s": flops / med / 1e9,
+          # XLA's cost analysis counts the whole (global) step; the peak is per device.
+          "mfu": flops / med / (peak * 1e12 * n_dev), "peak_tflops": peak,
+          "peak_source": peak_source,
+          "xla_step_mb": (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                          + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**20,
+          "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None,
+          "steps": steps}
+
+
+def _synthetic_root(config) -> str:
+  d = config.data
+  if d.source == "decathlon":  # volumes of the configured crop, so crop and cache cost as real
+    depth, side = (d.crop[0], d.crop[1]) if d.crop else (32, 64)
+    return f"synthetic:2:{side}:{depth}"
+  return f"synthetic:8:{d.image_size}:16"
+
+
+def bench_data(config, batches: int = 20, warmup: int = 2, workdir: str | None = None) -> dict:
+  with tempfile.TemporaryDirectory() as tmp:
+    config = config.copy_and_resolve_references()
+    if not config.data.root:
+      config.data.root = _synthetic_root(config)
+    exp = Experiment(config, workdir="")
+    exp.workdir = workdir or tmp
+    source = exp.sources()["train"]
+    it = iter(pipeline.train_dataset(source, config.data, config.seed))
+    for _ in range(warmup):  # worker start-up and first-read caches are not throughput
+      next(it)
+    t0 = time.perf_counter()
+    for _ in range(batches):
+      next(it)
+    total = time.perf_counter() - t0
+  n = batches * pipeline.local_batch_size(config.data.batch_size)
+  workers = config.data.num_workers
+  return {"what": "data", "source": config.data.source, "batch": config.data.batch_size,
+          "image_size": config.data.image_size, "workers": workers,
+          "samples_per_s": n / total, "samples_per_s_per_core": n / total / max(workers, 1),
+          "batches": batches}
 
 
 def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = None) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     config = config.copy_and_resolve_references()
     if not config.data.root:
-      config.data.root = f"synthetic:8:{config.data.image_size}:16"
+      config.data.root = _synthetic_root(config)
     exp = Experiment(config, workdir="")
     exp.workdir = workdir or tmp  # synthetic data and the split go here, no checkpoints
     source = exp.sources()["train"]
@@ -97,12 +145,21 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
           f"{r['devices']}x {r['device']} | compile {r['compile_s']:.1f}s | "
           f"{r['ms_per_step']:.1f} ms/step (p10 {r['ms_p10']:.1f}, p90 {r['ms_p90']:.1f}) | "
           f"{r['images_per_s']:.1f} img/s | {r['gflop_per_step']:.1f} GFLOP/step | "
-          f"{r['gflop_per_s']:.1f} GFLOP/s", flush=True)
+          f"{r['gflop_per_s']:.1f} GFLOP/s | MFU {100 * r['mfu']:.1f}% of "
+          f"{r['peak_tflops']:.2f} TFLOP/s ({r['peak_source']}) | step memory "
+          f"{r['xla_step_mb']:.0f} MB" + (f", device peak {r['device_peak_mb']:.0f} MB"
+                                            if r["device_peak_mb"] else ""), flush=True)
     results.append(r)
   if what in ("loop", "all"):
     r = bench_loop(config, steps, workdir=workdir)
     print(f"loop  | {r['model']} b{r['batch']} {r['image_size']}px, {r['workers']} workers | "
           f"{r['ms_per_step']:.1f} ms/step | {r['images_per_s']:.1f} img/s | "
           f"input wait {100 * r['input_wait']:.0f}%", flush=True)
+    results.append(r)
+  if what in ("data", "all"):
+    r = bench_data(config, max(steps // 2, 5), workdir=workdir)
+    print(f"data  | {r['source']} b{r['batch']} {r['image_size']}px, {r['workers']} workers | "
+          f"{r['samples_per_s']:.1f} samples/s | {r['samples_per_s_per_core']:.1f} samples/s "
+          "per worker core", flush=True)
     results.append(r)
   return results

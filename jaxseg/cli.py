@@ -4,7 +4,7 @@
   jaxseg evaluate --config=configs/lgg_unet.py --workdir=runs/lgg [--split=test] [--checkpoint=best]
                   [--per_case [--tta] [--ensemble=best,latest,runs/lgg2]]
   jaxseg predict  --config=configs/lgg_unet.py --workdir=runs/lgg --input=a.tif,dir/ --output=out/
-  jaxseg bench    --config=configs/lgg_unet.py [--what=step|loop|all] [--bench_steps=50]
+  jaxseg bench    --config=configs/lgg_unet.py [--what=step|loop|data|all] [--bench_steps=50]
   jaxseg sweep    --config=configs/lgg_unet_bn_study.py --workdir=runs/bn [--sweep='optim.lr=[0.1,1e-4]']
                   [--sweep_index=N]
   jaxseg report   --workdir=runs/a,runs/b --output=reports/ab [--split=val] [--cases=3]
@@ -46,8 +46,9 @@ _OUTPUT = flags.DEFINE_string(
     "output", None, "predict: folder for the masks; report: folder for the report (created).")
 _OVERLAY = flags.DEFINE_bool(
     "overlay", False, "predict: also write a PNG of image | ground truth (if found) | prediction.")
-_WHAT = flags.DEFINE_enum("what", "all", ["step", "loop", "all"],
-                          "bench: compiled train step, end-to-end loop with Grain, or both.")
+_WHAT = flags.DEFINE_enum("what", "all", ["step", "loop", "data", "all"],
+                          "bench: compiled train step, end-to-end loop with Grain, the input "
+                          "pipeline alone, or all three.")
 _BENCH_STEPS = flags.DEFINE_integer("bench_steps", 50, "bench: timed steps after warm-up.")
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "sweep: the grid, 'a.b=[v1,v2];c.d=[v3]' (product of the lists); default: the "

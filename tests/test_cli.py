@@ -32,13 +32,14 @@ def test_unknown_config_key_and_wrong_type_are_errors():
                     "--config.optim.lr=fast", check=False)
   assert bad_type.returncode != 0 and "fast" in bad_type.stderr
   no_cmd = jaxseg("--config=configs/demo.py", check=False)
-  assert no_cmd.returncode != 0 and "usage: jaxseg {train|evaluate|predict|bench}" in no_cmd.stderr
+  assert no_cmd.returncode != 0 and "usage: jaxseg {train|evaluate|predict|bench|sweep|report}" in no_cmd.stderr
 
 
 def test_help_lists_every_flag():
   out = jaxseg("--help", check=False).stdout
   for flag in ("--config", "--workdir", "--checkpoint", "--split", "--input", "--output",
-               "--[no]overlay", "--what", "--bench_steps", "--coordinator_address"):
+               "--[no]overlay", "--what", "--bench_steps", "--coordinator_address", "--sweep",
+               "--sweep_index", "--[no]per_case", "--[no]tta", "--ensemble", "--layers"):
     assert flag in out, flag
 
 
@@ -95,6 +96,7 @@ def test_predict_writes_masks_of_the_input_size_and_overlays(trained, lgg_root, 
 def test_bench_prints_step_and_loop_numbers():
   out = jaxseg("bench", *TINY, "--bench_steps=3").stdout
   assert "ms/step" in out and "GFLOP/step" in out and "compile" in out
+  assert "MFU" in out and "measured" in out and "step memory" in out  # CPU: measured peak
   assert "input wait" in out
 
 

@@ -116,15 +116,26 @@ def write_synthetic(root: str, patients: int = 6, slices: int = 8, size: int = 6
   return root
 
 
-def resolve_root(spec: str, workdir: str) -> str:
-  """Turns `data.root` into a folder: builtin:mni152, synthetic:N[:SIZE[:SLICES]], or a path."""
+def resolve_root(spec: str, workdir: str, source: str = "lgg") -> str:
+  """Turns `data.root` into a folder: builtin:mni152, synthetic:N[:SIZE[:SLICES]] (in the
+  format of `source`: lgg, gi or decathlon), or a path."""
   if spec == "builtin:mni152":
     return build_mni152(os.path.join(data_dir(), "mni152_kaggle3m"))
   if spec.startswith("synthetic:"):
-    # synthetic:PATIENTS[:SIZE[:SLICES]]
-    patients, size, slices = ([int(v) for v in spec.split(":")[1:]] + [64, 8])[:3]
-    root = os.path.join(workdir or data_dir(), f"synthetic_lgg_{patients}_{size}_{slices}")
+    from jaxseg.data import synthetic
+    # synthetic:CASES[:SIZE[:SLICES]]
+    default_slices = 32 if source == "decathlon" else 8
+    cases, size, slices = ([int(v) for v in spec.split(":")[1:]] + [64, default_slices])[:3]
+    root = os.path.join(workdir or data_dir(), f"synthetic_{source}_{cases}_{size}_{slices}")
     if os.path.isdir(root):
       return root
-    return write_synthetic(root, patients=patients, slices=slices, size=size)
+    if source == "lgg":
+      return write_synthetic(root, patients=cases, slices=slices, size=size)
+    writers = {"gi": synthetic.write_gi, "decathlon": synthetic.write_decathlon}
+    if source not in writers:
+      raise ValueError(f"data.root=synthetic:... has no writer for data.source={source!r}")
+    tmp = _partial(root)
+    writers[source](tmp, cases, size, slices)
+    _finish(root, tmp)
+    return root
   return spec

@@ -35,7 +35,7 @@ HOST_KEYS = ("case_id", "slice")
 def build_source(data_cfg, workdir: str):
   if data_cfg.source not in SOURCES:
     raise ValueError(f"data.source={data_cfg.source!r}; known: {sorted(SOURCES)}")
-  root = builtin.resolve_root(data_cfg.root, workdir)
+  root = builtin.resolve_root(data_cfg.root, workdir, data_cfg.source)
   return SOURCES[data_cfg.source].from_config(root, data_cfg, workdir=workdir)
 
 

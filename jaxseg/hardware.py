@@ -1,0 +1,57 @@
+"""Peak arithmetic rates, for model FLOPs utilisation (MFU = achieved FLOP/s / peak).
+
+Accelerators: dense (no sparsity) rates from the vendors' datasheets, per chip. float32 on
+NVIDIA GPUs is the TF32 tensor-core rate, which XLA uses for float32 matmuls and convolutions
+at JAX's default precision. CPUs have no datasheet figure that XLA can reach, so the bench
+measures one: the best of a few large matmuls in the model's dtype (`measured_peak`).
+"""
+
+import time
+
+import jax
+import jax.numpy as jnp
+
+# device_kind substring -> {dtype: TFLOP/s}
+PEAKS = {
+    "H200": {"bfloat16": 989.0, "float16": 989.0, "float32": 494.0},
+    "H100 PCIe": {"bfloat16": 756.0, "float16": 756.0, "float32": 378.0},
+    "H100": {"bfloat16": 989.0, "float16": 989.0, "float32": 494.0},  # SXM
+    "A100": {"bfloat16": 312.0, "float16": 312.0, "float32": 156.0},
+    "L4": {"bfloat16": 121.0, "float16": 121.0, "float32": 60.0},
+    "TPU v4": {"bfloat16": 275.0, "float32": 275.0},
+    "TPU v5 lite": {"bfloat16": 197.0, "float32": 197.0},
+    "TPU v5e": {"bfloat16": 197.0, "float32": 197.0},
+    "TPU v5p": {"bfloat16": 459.0, "float32": 459.0},
+    "TPU v6": {"bfloat16": 918.0, "float32": 918.0},
+}
+
+
+def datasheet_peak(device_kind: str, dtype: str):
+  """TFLOP/s per chip from PEAKS (longest matching name first), or None."""
+  for name in sorted(PEAKS, key=len, reverse=True):
+    if name.lower() in device_kind.lower():
+      return PEAKS[name].get(dtype)
+  return None
+
+
+def measured_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
+  """TFLOP/s of the best of `repeats` n x n matmuls on the default device."""
+  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
+  a = jnp.ones((n, n), dt)
+  f = jax.jit(lambda a: a @ a)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best / 1e12
+
+
+def peak_tflops(dtype: str) -> tuple[float, str]:
+  """(peak TFLOP/s per device, where the figure comes from)."""
+  kind = jax.devices()[0].device_kind
+  peak = datasheet_peak(kind, dtype)
+  if peak is not None:
+    return peak, f"datasheet ({kind}, {dtype} dense)"
+  return measured_peak(dtype), f"measured ({dtype} 2048^3 matmul on {kind})"
