@@ -4,6 +4,7 @@
   jaxseg evaluate --config=configs/lgg_unet.py --workdir=runs/lgg [--split=test] [--checkpoint=best]
                   [--per_case [--tta] [--ensemble=best,latest,runs/lgg2]]
   jaxseg predict  --config=configs/lgg_unet.py --workdir=runs/lgg --input=a.tif,dir/ --output=out/
+  jaxseg predict  --config=configs/gi_cnn_scratch.py --workdir=runs/gi --split=test --submission=sub.csv
   jaxseg bench    --config=configs/lgg_unet.py [--what=step|loop|data|all] [--bench_steps=50]
   jaxseg sweep    --config=configs/lgg_unet_bn_study.py --workdir=runs/bn [--sweep='optim.lr=[0.1,1e-4]']
                   [--sweep_index=N]
@@ -29,7 +30,8 @@ _WORKDIR = flags.DEFINE_string(
     "workdir resumes from its latest checkpoint.")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "best", "evaluate/predict: 'best' (by validation Dice), 'latest' or a step.")
-_SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"], "evaluate: which split.")
+_SPLIT = flags.DEFINE_enum("split", "val", ["train", "val", "test"],
+                           "evaluate, report, predict --submission: which split.")
 _PER_CASE = flags.DEFINE_bool(
     "per_case", False, "evaluate: score whole volumes per class (Dice, IoU, precision, recall, "
     "HD95 in mm) and write eval_<split>_cases.json/.csv.")
@@ -44,6 +46,9 @@ _INPUT = flags.DEFINE_list(
     "input", [], "predict: image files (.tif/.png) or folders of them, comma-separated.")
 _OUTPUT = flags.DEFINE_string(
     "output", None, "predict: folder for the masks; report: folder for the report (created).")
+_SUBMISSION = flags.DEFINE_string(
+    "submission", None, "predict (GI data): write the competition CSV (id,class,predicted RLE) "
+    "for every slice of --split to this file, instead of masks for --input.")
 _OVERLAY = flags.DEFINE_bool(
     "overlay", False, "predict: also write a PNG of image | ground truth (if found) | prediction.")
 _WHAT = flags.DEFINE_enum("what", "all", ["step", "loop", "data", "all"],
@@ -117,6 +122,11 @@ def main(argv):
     from jaxseg.predict import evaluate_checkpoint
     result = evaluate_checkpoint(config, _WORKDIR.value, _SPLIT.value, _CHECKPOINT.value)
     print(json.dumps({k: v for k, v in result.items() if k != "cases"}, indent=1))
+  elif command == "predict" and _SUBMISSION.value:
+    from jaxseg.evaluation import write_submission
+    rows = write_submission(config, _WORKDIR.value, _SPLIT.value, _SUBMISSION.value,
+                            [_CHECKPOINT.value], _TTA.value)
+    print(f"wrote {rows} rows to {_SUBMISSION.value}")
   elif command == "predict":
     from jaxseg.predict import predict_files
     if not _INPUT.value or not _OUTPUT.value:

@@ -16,7 +16,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.init_from = ""
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "lgg"  # registry name in jaxseg.data.sources
+  c.data.source = "lgg"  # lgg (kaggle_3m) | gi (UW-Madison) | decathlon | folder (your own)
+  # folder source: regex with one group naming the patient in each file name ('' = per image)
+  c.data.case_pattern = ""
   # Dataset root. 'builtin:mni152' is the embedded default dataset, 'synthetic:N' writes N
   # synthetic patients (tests, benchmarks) into the workdir.
   c.data.root = ""
@@ -51,6 +53,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.split.test = 0.1
   c.data.split.stratify = True  # stratify patients by whether they have any foreground
   c.data.split.seed = 0
+  # K-fold cross-validation (folds > 1): fold `fold` is the validation set, `val` is unused;
+  # run every fold with jaxseg sweep --sweep='data.split.fold=[0,1,2,3,4]'.
+  c.data.split.folds = 0
+  c.data.split.fold = 0
 
   c.data.augment = ml_collections.ConfigDict()
   c.data.augment.hflip = 0.5  # probabilities

@@ -118,3 +118,29 @@ class CaseEvaluator:
       for case, per_class in result["cases"].items():
         for name, s in zip(self.classes, per_class, strict=True):
           w.writerow([case, name, *(f"{s[k]:.6g}" for k in case_metrics.SCORES)])
+
+
+def write_submission(config, workdir: str, split: str, path: str, checkpoints=("best",),
+                     tta: bool = False) -> int:
+  """UW-Madison GI: predicts every slice of a split and writes the competition's CSV
+  (`id,class,predicted`, RLE of the mask at the slice's original size, '' when empty), one row
+  per slice and organ. Returns the number of rows."""
+  ev = CaseEvaluator(config, workdir, split, checkpoints, tta)
+  if not hasattr(ev.source, "record"):
+    raise ValueError(f"--submission needs the GI data (data.source=gi), not "
+                     f"{config.data.source!r}")
+  from jaxseg.data import rle
+  from jaxseg.data.transforms import resize
+  rows = 0
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["id", "class", "predicted"])
+    for ref in ev.volumes:
+      _, _, probs = ev.predict(ref)
+      for i, p in zip(ref.indices, probs, strict=True):
+        rec = ev.source.record(i)
+        masks = ev.labels(resize(p, rec.shape, nearest=False))
+        for k, name in enumerate(ev.classes):
+          w.writerow([rec.id, name, rle.encode(masks[..., k])])
+          rows += 1
+  return rows

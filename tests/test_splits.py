@@ -50,3 +50,22 @@ def test_split_is_saved_and_reused(tmp_path):
   assert len(calls) == 1
   with pytest.raises(DataError, match="names cases not in the dataset"):
     load_or_make_split(str(tmp_path), CASES[:10], cfg, strata)
+
+
+def test_kfold_folds_partition_the_non_test_cases_and_keep_strata():
+  from jaxseg.data.splits import split_cases
+  cases = [f"p{i:02d}" for i in range(40)]
+  strata = {c: int(i < 12) for i, c in enumerate(cases)}  # 12 positive, 28 negative
+  splits = [split_cases(cases, 0.0, 0.2, seed=3, strata=strata, folds=4, fold=k)
+            for k in range(4)]
+  tests = {tuple(s["test"]) for s in splits}
+  assert len(tests) == 1 and len(splits[0]["test"]) == 8  # one held-out test set for all folds
+  vals = [set(s["val"]) for s in splits]
+  rest = set(cases) - set(splits[0]["test"])
+  assert set().union(*vals) == rest and sum(map(len, vals)) == len(rest)  # a partition
+  for s in splits:
+    assert not set(s["train"]) & set(s["val"]) and set(s["train"]) | set(s["val"]) == rest
+    assert 7 <= len(s["val"]) <= 9
+    assert 2 <= sum(strata[c] for c in s["val"]) <= 3  # ~ 12 * 0.8 / 4 positives per fold
+  with pytest.raises(ValueError, match="fold=4 with 4 folds"):
+    split_cases(cases, 0.0, 0.2, seed=3, folds=4, fold=4)

@@ -17,6 +17,7 @@ from absl import flags
 
 from jaxseg.data import builtin, splits
 from jaxseg.data.sources.decathlon import DecathlonSource
+from jaxseg.data.sources.folder import FolderSource
 from jaxseg.data.sources.gi import GISource
 from jaxseg.data.sources.lgg import LGGSource
 from jaxseg.data.transforms import (
@@ -27,7 +28,8 @@ from jaxseg.data.transforms import (
     ShiftScaleRotate,
 )
 
-SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource}
+SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource,
+           "folder": FolderSource}
 # Keys that stay on the host (strings, ids); everything else in a batch goes to the devices.
 HOST_KEYS = ("case_id", "slice")
 

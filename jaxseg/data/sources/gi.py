@@ -175,6 +175,10 @@ class GISource:
 
   class_names = CLASSES
 
+  def record(self, i: int) -> GISlice:
+    """The slice behind sample i: its competition id and original (height, width)."""
+    return self.records[i]
+
   def scored_volumes(self, image_size: int = 0) -> list[VolumeRef]:
     """One volume per scan (case and day), slices in order. Spacing: the competition's 3 mm
     slice thickness, and the pixel spacing from the file name scaled to the model's image size

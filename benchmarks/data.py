@@ -1,0 +1,80 @@
+"""Input-pipeline benchmark: samples/s of each dataset's full training recipe (read, decode,
+preprocess, augment, batch) on synthetic files in its real format, by worker count, next to
+the train-step rate of the configs it feeds, so the table says whether the loader keeps up.
+
+  .venv/bin/python benchmarks/data.py                         # writes benchmarks/results/
+  .venv/bin/python benchmarks/data.py --workers=0,1,2,4,8,16   # on a many-core GPU host
+
+Each row: config, workers, samples/s, samples/s per worker core. The step rows use
+`bench_step` at the config's own batch and image size.
+"""
+
+import datetime
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+from absl import app, flags
+
+from jaxseg.bench import bench_data, bench_step
+
+_CONFIGS = flags.DEFINE_list("configs", ["gi_cnn_scratch", "lgg_unet", "brats_2d", "brats_3d"],
+                             "configs/ modules to measure")
+_WORKERS = flags.DEFINE_list("workers", ["0", "1", "2"], "worker processes to try")
+_BATCHES = flags.DEFINE_integer("batches", 10, "timed batches per row")
+_STEP = flags.DEFINE_list("step_configs", ["gi_cnn_scratch", "gi_unetpp_effb3"],
+                          "configs whose train-step rate is measured for comparison")
+_STEPS = flags.DEFINE_integer("steps", 5, "timed train steps per step row")
+_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
+
+
+def _config(name):
+  return importlib.import_module(f"configs.{name}").get_config()
+
+
+def main(argv):
+  del argv
+  rows = []
+  for name in _CONFIGS.value:
+    for workers in map(int, _WORKERS.value):
+      c = _config(name)
+      c.data.root, c.data.num_workers = "", workers
+      r = bench_data(c, batches=_BATCHES.value)
+      r["config"] = name
+      rows.append(r)
+      print(f"data {name} workers={workers}: {r['samples_per_s']:.1f} samples/s "
+            f"({r['samples_per_s_per_core']:.1f} per worker core)", flush=True)
+  steps = []
+  for name in _STEP.value:
+    c = _config(name)
+    r = bench_step(c, steps=_STEPS.value, warmup=1)
+    r["config"] = name
+    steps.append(r)
+    print(f"step {name}: {r['images_per_s']:.2f} images/s (batch {r['batch']})", flush=True)
+  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+          "cpus": os.cpu_count(), "jax": jax.__version__, "command": " ".join(sys.argv),
+          "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                   text=True, cwd=os.path.dirname(__file__)).stdout.strip()}
+  os.makedirs(_OUT.value, exist_ok=True)
+  stem = os.path.join(_OUT.value, f"data-{meta['date']}-{jax.devices()[0].platform}")
+  with open(stem + ".json", "w") as f:
+    json.dump({"meta": meta, "data": rows, "step": steps}, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(f"{meta['date']} · {meta['cpus']} CPUs · {meta['device']} · jax {meta['jax']} · "
+            f"commit {meta['commit']} · `{meta['command']}`\n\n")
+    f.write("| config | source | image | batch | workers | samples / s | per worker core |\n"
+            "|---|---|---|---|---|---|---|\n")
+    for r in rows:
+      f.write(f"| {r['config']} | {r['source']} | {r['image_size']} | {r['batch']} | "
+              f"{r['workers']} | {r['samples_per_s']:.1f} | {r['samples_per_s_per_core']:.1f} |\n")
+    f.write("\n| train step of | batch | images / s |\n|---|---|---|\n")
+    for r in steps:
+      f.write(f"| {r['config']} | {r['batch']} | {r['images_per_s']:.2f} |\n")
+  print(f"wrote {stem}.md and .json")
+
+
+if __name__ == "__main__":
+  app.run(main)
