@@ -37,6 +37,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.normalize = "zscore"  # zscore (per image and channel) | none (the source normalises)
   # CLAHE (OpenCV) on every image before normalisation, train and test; 0 = off. The GI
   # project: clip 2.0, 8 x 8 tiles.
+  # Training on random patches of each sample: (D, H, W) or (H, W); () trains on whole samples.
+  # patch_foreground: probability that a patch is centred on a labelled voxel.
+  c.data.patch = ()
+  c.data.patch_foreground = 0.33
   c.data.clahe_clip = 0.0
   c.data.clahe_tiles = 8
   # Decathlon / BraTS volumes: centre crop (D, H, W; empty = none), integer down-sampling,

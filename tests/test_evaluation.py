@@ -88,3 +88,25 @@ def test_decathlon_volumes_carry_header_spacing(tmp_path):
   slices = DecathlonSource(root, str(tmp_path / "cache2")).scored_volumes(image_size=10)
   assert slices[1].indices == tuple(range(10, 20))  # Z = 10 slices per volume
   assert slices[1].spacing == pytest.approx((2.0, 1.5 * 20 / 10, 1.0 * 24 / 10))
+
+
+def test_3d_patch_training_then_sliding_window_per_case_scores(tmp_path):
+  from jaxseg.config import default_config
+  c = default_config()
+  c.data.source, c.data.root = "decathlon", "synthetic:4:32:16"
+  c.data.depth, c.data.image_size, c.data.in_channels = 16, 32, 4
+  c.data.num_classes, c.data.task, c.data.normalize = 4, "multiclass", "none"
+  c.data.patch, c.data.patch_foreground = (8, 16, 16), 0.5
+  c.data.batch_size, c.data.eval_batch_size = 2, 1
+  c.data.split.val, c.data.split.test = 0.25, 0.25
+  c.model.name, c.model.features, c.model.depth, c.model.norm = "unet3d", 4, 2, "group"
+  c.train.steps, c.train.eval_every = 4, 4
+  train_and_evaluate(c, str(tmp_path))
+  ev = CaseEvaluator(c, str(tmp_path), "test", overlap=0.5)
+  assert ev.exp.input_shape == (8, 16, 16, 4)
+  image, truth, probs = ev.predict(ev.volumes[0])
+  assert image.shape == (16, 32, 32, 4) and probs.shape == (16, 32, 32, 4)  # whole volume
+  np.testing.assert_allclose(probs.sum(-1), 1.0, atol=1e-5)  # windows blend probabilities
+  out = ev.run(write=False)
+  assert out["classes"] == ["edema", "non-enhancing tumor", "enhancing tumour"]
+  assert all(len(v) == 3 for v in out["cases"].values())

@@ -114,3 +114,25 @@ def test_gamma_keeps_the_range_and_bends_the_middle():
   out = gamma(image, np.random.default_rng(1), 0.5)
   assert out.min() == pytest.approx(-2) and out.max() == pytest.approx(3)
   assert np.all(np.diff(out[:, 0, 0]) >= 0) and not np.allclose(out, image)
+
+
+def test_random_patch_foreground_ratio_and_padding():
+  from jaxseg.data.transforms import RandomPatch
+  mask = np.zeros((20, 40, 40, 1), np.float32)
+  mask[3:5, 30:34, 2:6] = 1  # a small lesion in one corner
+  sample = {"image": np.random.default_rng(0).normal(size=(20, 40, 40, 2)).astype(np.float32),
+            "mask": mask}
+  rng = np.random.default_rng(1)
+  always = [RandomPatch((8, 16, 16), 1.0).random_map(sample, rng) for _ in range(30)]
+  assert all(p["image"].shape == (8, 16, 16, 2) and p["mask"].any() for p in always)
+  never = [RandomPatch((8, 16, 16), 0.0).random_map(sample, rng)["mask"].any() for _ in range(200)]
+  # uniform placement rarely covers the lesion: well under the always-foreground rate
+  assert np.mean(never) < 0.5
+  half = [RandomPatch((8, 16, 16), 0.5).random_map(sample, rng)["mask"].any() for _ in range(400)]
+  assert 0.45 < np.mean(half) < 0.5 + 0.5 * np.mean(never) + 0.1
+  small = RandomPatch((24, 16, 16), 0.0).random_map(sample, rng)  # deeper than the sample
+  assert small["image"].shape == (24, 16, 16, 2) and not small["image"][20:].any()
+  # image and mask are cut at the same place
+  marked = {"image": mask.repeat(2, -1), "mask": mask}
+  p = RandomPatch((8, 16, 16), 1.0).random_map(marked, rng)
+  np.testing.assert_array_equal(p["image"][..., :1], p["mask"])

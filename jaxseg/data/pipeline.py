@@ -25,6 +25,7 @@ from jaxseg.data.transforms import (
     FlipRot90,
     Intensity,
     Preprocess,
+    RandomPatch,
     ShiftScaleRotate,
 )
 
@@ -113,8 +114,10 @@ def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   """An endless, augmented stream of this host's training batches."""
   aug = data_cfg.augment
   ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
-  ds = (ds.map(Preprocess.from_config(data_cfg))
-        .random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90)))
+  ds = ds.map(Preprocess.from_config(data_cfg))
+  if data_cfg.patch:
+    ds = ds.random_map(RandomPatch(tuple(data_cfg.patch), data_cfg.patch_foreground))
+  ds = ds.random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90))
   if aug.ssr and not aug.on_device:
     ds = ds.random_map(ShiftScaleRotate(aug.ssr, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate))
   if aug.elastic_or_grid and not aug.on_device:

@@ -86,6 +86,36 @@ def clahe(image: np.ndarray, clip: float, tiles: int) -> np.ndarray:
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomPatch(grain.transforms.RandomMap):
+  """A `size` patch (the leading spatial axes: (D, H, W) of a volume or (H, W) of an image) at a
+  random position; with probability `foreground`, centred on a random labelled voxel (nnU-Net
+  oversamples foreground a third of the time, so rare tumour classes are seen). Samples smaller
+  than the patch are zero-padded."""
+
+  size: tuple = ()
+  foreground: float = 0.33
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    image, mask = sample["image"], sample["mask"]
+    nd = len(self.size)
+    pad = [(0, max(0, p - s)) for s, p in zip(image.shape[:nd], self.size, strict=True)]
+    if any(after for _, after in pad):
+      extra = [(0, 0)] * (image.ndim - nd)
+      image, mask = np.pad(image, pad + extra), np.pad(mask, pad + extra)
+    shape = image.shape[:nd]
+    labelled = np.argwhere(mask.max(-1) > 0) if rng.random() < self.foreground else []
+    if len(labelled):
+      centre = labelled[rng.integers(len(labelled))]
+      start = [int(np.clip(c - p // 2, 0, s - p))
+               for c, p, s in zip(centre, self.size, shape, strict=True)]
+    else:
+      start = [int(rng.integers(0, s - p + 1)) for p, s in zip(self.size, shape, strict=True)]
+    region = tuple(slice(a, a + p) for a, p in zip(start, self.size, strict=True))
+    return {**sample, "image": np.ascontiguousarray(image[region]),
+            "mask": np.ascontiguousarray(mask[region])}
+
+
+@dataclasses.dataclass(frozen=True)
 class FlipRot90(grain.transforms.RandomMap):
   """Horizontal flip, vertical flip and a random multiple of 90 degrees in the (H, W) plane,
   each with its p; works on [H, W, C] images and [D, H, W, C] volumes alike."""

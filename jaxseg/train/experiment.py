@@ -30,9 +30,15 @@ class Experiment:
       raise ValueError(f"data.task={d.task!r}; known: binary, multilabel, multiclass")
     if not d.image_size:
       raise ValueError("data.image_size must be set (> 0): batches need one fixed shape")
-    # [D, H, W, C] volumes when data.depth > 0, else [H, W, C] images.
+    # [D, H, W, C] volumes when data.depth > 0, else [H, W, C] images; training patches when
+    # data.patch is set (evaluation then sees whole samples, per-case through sliding windows).
     self.input_shape = ((d.depth,) if d.depth else ()) + (d.image_size, d.image_size,
                                                            d.in_channels)
+    if d.patch:
+      if len(d.patch) != len(self.input_shape) - 1:
+        raise ValueError(f"data.patch={tuple(d.patch)} needs one size per spatial axis of "
+                         f"{self.input_shape[:-1]}")
+      self.input_shape = tuple(d.patch) + (d.in_channels,)
     self.mesh = parallel.make_mesh(config.mesh)
     self.replicated = parallel.replicated(self.mesh)
     self.batch_sharding = parallel.batch_sharding(self.mesh)
