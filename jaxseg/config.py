@@ -104,6 +104,9 @@ def default_config() -> ml_collections.ConfigDict:
   # from scratch.
   c.model.pretrained = ""
   c.model.dtype = "float32"  # compute dtype (bfloat16 for mixed precision); params stay float32
+  # unet / unet3d convolutions: xla, or patches (weight gradient as one im2col matmul; faster
+  # on CPUs, where XLA's convolution weight gradient is slow; see BUILD.md's performance notes)
+  c.model.conv_impl = "xla"
   c.model.remat = False  # recompute block activations in the backward pass (saves memory)
   c.model.kernel_init = "lecun_normal"  # lecun_normal (Flax) | he_uniform | he_normal | glorot_uniform
 

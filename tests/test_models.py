@@ -118,3 +118,31 @@ def test_shift_tokens_moves_each_channel_group_by_its_offset():
   # group g moves by g - 2 along the width; zeros come in from the border
   assert [int(jnp.argmax(y[0, 0, :, g])) for g in range(5)] == [1, 2, 3, 4, 5]
   assert float(y.sum()) == 5.0
+
+
+@pytest.mark.parametrize("shape,kernel", [((2, 12, 10, 3), (3, 3, 3, 5)),
+                                          ((1, 6, 8, 7, 2), (3, 3, 3, 2, 4))])
+def test_patch_weight_gradient_equals_xlas(shape, kernel):
+  import numpy as np
+
+  from jaxseg.models.conv import _conv, conv_patch_grad
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  w = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  pad, strides = ((1, 1),) * (len(shape) - 2), (1,) * (len(shape) - 2)
+  want = jax.grad(lambda x, w: (_conv(x, w, strides, pad) ** 2).sum(), (0, 1))(x, w)
+  got = jax.grad(lambda x, w: (conv_patch_grad(x, w, strides, pad) ** 2).sum(), (0, 1))(x, w)
+  for g, r in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-4)
+
+
+def test_conv_impl_keeps_parameter_names_and_outputs():
+  shape = (16, 16, 3)
+  xla = models.build(_unet_cfg(features=4, depth=2), 3, 1)
+  patches = models.build(_unet_cfg(features=4, depth=2, conv_impl="patches"), 3, 1)
+  v = models.init_variables(xla, shape)
+  assert jax.tree.structure(v) == jax.tree.structure(models.init_variables(patches, shape))
+  x = jnp.ones((2, *shape))
+  a = jax.jit(lambda v, x: xla.apply(v, x, train=False))(v, x)
+  b = jax.jit(lambda v, x: patches.apply(v, x, train=False))(v, x)
+  assert jnp.allclose(a, b, atol=1e-5)

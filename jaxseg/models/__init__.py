@@ -20,7 +20,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # are 3-D networks on [B, D, H, W, C] input.
 def _unet(m, in_channels, out_channels):
   return UNet(out_channels=out_channels, features=m.features, depth=m.depth, norm=m.norm,
-              dropout=m.dropout, dtype=DTYPES[m.dtype], remat=m.remat, residual=m.residual)
+              dropout=m.dropout, dtype=DTYPES[m.dtype], remat=m.remat, residual=m.residual,
+              conv_impl=m.conv_impl)
 
 
 def _resunet(m, in_channels, out_channels):

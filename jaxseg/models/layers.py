@@ -5,6 +5,8 @@ config, float32 parameters. Kernel sizes follow the input's rank, so one block s
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxseg.models.conv import Conv
+
 NORMS = ("batch", "group", "instance", "none")
 
 
@@ -45,12 +47,18 @@ class ConvNormAct(nn.Module):
   dropout: float = 0.0
   act: bool = True
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "xla"  # or "patches": im2col weight gradient (jaxseg.models.conv), for CPUs
 
   @nn.compact
   def __call__(self, x, train: bool):
     nd = spatial_dims(x)
-    x = nn.Conv(self.features, (self.kernel,) * nd, strides=(self.strides,) * nd,
-                padding="SAME", use_bias=self.norm == "none", dtype=self.dtype)(x)
+    if self.conv_impl == "xla":
+      x = nn.Conv(self.features, (self.kernel,) * nd, strides=(self.strides,) * nd,
+                  padding="SAME", use_bias=self.norm == "none", dtype=self.dtype,
+                  name="Conv_0")(x)
+    else:
+      x = Conv(self.features, self.kernel, self.strides, use_bias=self.norm == "none",
+               dtype=self.dtype, impl=self.conv_impl, name="Conv_0")(x)
     x = Norm(self.norm, self.dtype)(x, train)
     if self.act:
       x = nn.relu(x)
@@ -70,13 +78,14 @@ class DoubleConv(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   residual: bool = False
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
     y = x
     for _ in range(2):
       y = ConvNormAct(self.features, norm=self.norm, dropout=self.dropout,
-                      dtype=self.dtype)(y, train)
+                      dtype=self.dtype, conv_impl=self.conv_impl)(y, train)
     if not self.residual:
       return y
     if x.shape[-1] != self.features:

@@ -21,6 +21,7 @@ class UNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   residual: bool = False  # residual DoubleConv blocks (the GI-tract scratch CNN)
+  conv_impl: str = "xla"  # "patches": im2col weight gradients (faster on CPUs)
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -28,7 +29,7 @@ class UNet(nn.Module):
     # Explicit names: parameter paths (and so checkpoints and the init RNG) do not change when
     # remat is switched on or off.
     block = lambda f, name: conv(f, self.norm, self.dropout, self.dtype, self.residual,  # noqa: E731
-                                 name=name)
+                                 self.conv_impl, name=name)
     x = x.astype(self.dtype)
     skips = []
     for level in range(self.depth):

@@ -1,0 +1,128 @@
+"""JAX / PyTorch training throughput on the same machine, in one run: the classic LGG UNet and
+UNeXt, same architecture, loss (BCE + soft Dice), optimizer (Adam), batch and input size.
+
+  .venv/bin/python benchmarks/vs_torch.py                          # CPU: eager torch
+  .venv/bin/python benchmarks/vs_torch.py --batch=16 --sizes=256 --dtype=bfloat16 \
+      --torch_modes=eager,compile                                  # GPU: AMP, channels_last
+
+Writes benchmarks/results/vs_torch-<date>-<platform>.{md,json} with the images/s of each side,
+their ratio (JAX / PyTorch), device, versions and commit. Rows alternate JAX and torch per
+model and size so both see the same machine state.
+"""
+
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import torch
+from absl import app, flags
+
+sys.path.insert(0, os.path.dirname(__file__))
+import torch_models  # noqa: E402
+
+from jaxseg.bench import bench_step  # noqa: E402
+from jaxseg.config import default_config  # noqa: E402
+
+_MODELS = flags.DEFINE_list("models", ["unet", "unext"], "models to compare")
+_SIZES = flags.DEFINE_list("sizes", ["128", "256"], "square input sides")
+_BATCH = flags.DEFINE_integer("batch", 8, "batch size")
+_STEPS = flags.DEFINE_integer("steps", 20, "timed steps per row (after warm-up)")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                           "compute dtype (torch: autocast)")
+_MODES = flags.DEFINE_list("torch_modes", ["eager"], "eager and/or compile (torch.compile)")
+_OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
+
+FEATURES = {"unet": 32, "unext": 16}
+
+
+def bench_torch(name: str, size: int, batch: int, steps: int, mode: str, dtype: str) -> dict:
+  device = "cuda" if torch.cuda.is_available() else "cpu"
+  model = torch_models.MODELS[name]().to(device).to(memory_format=torch.channels_last)
+  opt = torch.optim.Adam(model.parameters(), lr=1e-4)
+  rng = np.random.default_rng(0)
+  x = torch.from_numpy(rng.normal(size=(batch, 3, size, size)).astype(np.float32)).to(device)
+  x = x.contiguous(memory_format=torch.channels_last)
+  y = torch.from_numpy((rng.random((batch, 1, size, size)) < 0.2).astype(np.float32)).to(device)
+  amp = dtype == "bfloat16"
+
+  def step():
+    opt.zero_grad(set_to_none=True)
+    with torch.autocast(device, dtype=torch.bfloat16, enabled=amp):
+      loss = torch_models.seg_loss(model(x).float(), y)
+    loss.backward()
+    opt.step()
+    return loss
+
+  fn = torch.compile(step) if mode == "compile" else step
+  sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+  t0 = time.perf_counter()
+  for _ in range(3):
+    fn()
+  sync()
+  warm = time.perf_counter() - t0
+  times = []
+  for _ in range(steps):
+    t0 = time.perf_counter()
+    fn().item()  # forces the step to finish, like block_until_ready
+    sync()
+    times.append(time.perf_counter() - t0)
+  med = float(np.median(times))
+  return {"side": "torch", "mode": mode, "ms_per_step": 1e3 * med,
+          "images_per_s": batch / med, "warmup_s": warm,
+          "params": sum(p.numel() for p in model.parameters())}
+
+
+def bench_jax(name: str, size: int, batch: int, steps: int, dtype: str) -> dict:
+  c = default_config()
+  c.model.name, c.model.features, c.model.dtype = name, FEATURES[name], dtype
+  c.data.image_size, c.data.batch_size = size, batch
+  r = bench_step(c, steps=steps, warmup=3)
+  return {"side": "jax", "ms_per_step": r["ms_per_step"], "images_per_s": r["images_per_s"],
+          "compile_s": r["compile_s"], "mfu": r["mfu"]}
+
+
+def main(argv):
+  del argv
+  torch.set_num_threads(os.cpu_count())
+  rows = []
+  for name in _MODELS.value:
+    for size in map(int, _SIZES.value):
+      j = bench_jax(name, size, _BATCH.value, _STEPS.value, _DTYPE.value)
+      for mode in _MODES.value:
+        t = bench_torch(name, size, _BATCH.value, _STEPS.value, mode, _DTYPE.value)
+        row = {"model": name, "size": size, "batch": _BATCH.value, "torch_mode": mode,
+               "jax_images_per_s": j["images_per_s"], "torch_images_per_s": t["images_per_s"],
+               "ratio": j["images_per_s"] / t["images_per_s"], "jax_mfu": j["mfu"],
+               "params": t["params"]}
+        rows.append(row)
+        print(f"{name} {size}px b{_BATCH.value} ({mode}): JAX {j['images_per_s']:.2f} img/s, "
+              f"torch {t['images_per_s']:.2f} img/s, ratio {row['ratio']:.2f}", flush=True)
+  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+          "platform": jax.devices()[0].platform, "jax": jax.__version__,
+          "torch": torch.__version__, "cpus": os.cpu_count(), "dtype": _DTYPE.value,
+          "command": " ".join(sys.argv),
+          "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                   text=True, cwd=os.path.dirname(__file__)).stdout.strip()}
+  os.makedirs(_OUT.value, exist_ok=True)
+  stem = os.path.join(_OUT.value, f"vs_torch-{meta['date']}-{meta['platform']}-{_DTYPE.value}")
+  with open(stem + ".json", "w") as f:
+    json.dump({"meta": meta, "rows": rows}, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(f"{meta['date']} · {meta['device']} ({meta['cpus']} CPUs) · jax {meta['jax']} · "
+            f"torch {meta['torch']} · {meta['dtype']} · commit {meta['commit']} · "
+            f"`{meta['command']}`\n\n| model | input | batch | torch | JAX img/s | torch img/s "
+            "| JAX / torch | JAX MFU |\n|---|---|---|---|---|---|---|---|\n")
+    for r in rows:
+      f.write(f"| {r['model']} | {r['size']} | {r['batch']} | {r['torch_mode']} | "
+              f"{r['jax_images_per_s']:.2f} | {r['torch_images_per_s']:.2f} | "
+              f"{r['ratio']:.2f} | {100 * r['jax_mfu']:.1f}% |\n")
+  print(f"wrote {stem}.md and .json")
+
+
+if __name__ == "__main__":
+  app.run(main)
