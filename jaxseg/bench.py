@@ -86,6 +86,7 @@ def bench_data(config, batches: int = 20, warmup: int = 2, workdir: str | None =
     config = config.copy_and_resolve_references()
     if not config.data.root:
       config.data.root = _synthetic_root(config)
+      config.data.split.val = config.data.split.test = 0.0  # all synthetic cases train
     exp = Experiment(config, workdir="")
     exp.workdir = workdir or tmp
     source = exp.sources()["train"]

@@ -47,6 +47,7 @@ def default_config() -> ml_collections.ConfigDict:
   # modalities to keep (indices; empty = all), where preprocessed volumes are cached
   # ('' = workdir/preprocessed).
   c.data.crop = ()
+  c.data.crop_to_brain = False  # Decathlon: cut to the non-zero (brain) bounding box first
   c.data.downsample = 1
   c.data.modalities = ()
   c.data.cache_dir = ""
@@ -70,7 +71,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.augment.ssr_shift = 0.0625  # fraction of the size
   c.data.augment.ssr_scale = 0.1
   c.data.augment.ssr_rotate = 20.0  # degrees
-  c.data.augment.on_device = False  # run shift-scale-rotate inside the jitted step (2-D)
+  # Run the geometric transforms and noise / blur inside the jitted step instead of in the
+  # Grain workers (same parameters, same warps; volumes get the in-plane warp per slice).
+  c.data.augment.on_device = False
   c.data.augment.noise_or_blur = 0.0  # probability of one of {Gaussian noise, Gaussian blur}
   c.data.augment.noise_std = 0.1  # in units of the normalised image
   c.data.augment.blur_sigma = 1.0  # pixels (drawn from [sigma / 4, sigma])

@@ -125,3 +125,20 @@ def test_balanced_weights_per_slice_and_per_volume(tmp_path):
   # background-only slices (most of them) share one key and so one unit of total weight
   keys = [int(slices[i]["mask"].max() > 0) for i in range(len(slices))]
   assert w[np.array(keys) == 0].sum() == pytest.approx(1.0)
+
+
+def test_crop_to_brain_centres_the_brain_box():
+  from jaxseg.data.sources.decathlon import brain_box
+  image = np.zeros((X, Y, Z, 4), np.float32)
+  image[1:9, 2:12, 5:9] = np.random.default_rng(0).uniform(1, 2, (8, 10, 4, 4))  # off-centre
+  label = np.zeros((X, Y, Z), np.uint8)
+  label[3, 4, 6] = 2
+  img, lab = preprocess(image, label, crop=(6, 12, 10), factor=1, to_brain=True)
+  assert img.shape == (6, 12, 10, 4)
+  # Z, Y, X box of 4 x 10 x 8 padded to 6 x 12 x 10: one voxel of zeros on each side
+  assert brain_box(img) == (slice(1, 5), slice(1, 11), slice(1, 9))
+  assert lab[1 + 6 - 5, 1 + 4 - 2, 1 + 3 - 1] == 2  # the label moved with the image
+  plain, _ = preprocess(image, label, crop=(6, 12, 10), factor=1)
+  assert brain_box(plain) != brain_box(img)  # a centre crop cuts the off-centre brain
+  with pytest.raises(ValueError, match="crop_to_brain needs data.crop"):
+    DecathlonSource("/nonexistent", "/tmp", crop_to_brain=True)

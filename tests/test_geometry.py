@@ -136,3 +136,31 @@ def test_device_elastic_or_grid_warps_in_the_step():
   c.data.augment.elastic_or_grid = 0.0
   same = step_lib.device_augment(batch, jax.random.key(1), c.data.augment)
   np.testing.assert_array_equal(same["image"], batch["image"])
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.8, 1.5])
+def test_device_blur_equals_scipys(sigma):
+  from scipy import ndimage
+
+  from jaxseg.data.transforms import gaussian_blur_device
+  image = np.random.default_rng(0).normal(size=(12, 9, 2)).astype(np.float32)
+  want = ndimage.gaussian_filter(image, (sigma, sigma, 0), mode="nearest")
+  got = gaussian_blur_device(jnp.asarray(image), jnp.float32(sigma), sigma_max=1.5)
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+
+
+def test_device_augment_warps_volumes_slice_by_slice_and_adds_noise():
+  c = default_config()
+  aug = c.data.augment
+  aug.ssr, aug.ssr_rotate, aug.ssr_shift, aug.ssr_scale = 1.0, 30.0, 0.0, 0.0
+  vol = jnp.tile(jnp.arange(16.0)[None, None, :, None, None], (1, 3, 1, 16, 1))  # [1,3,16,16,1]
+  out = step_lib.device_augment({"image": vol, "mask": (vol > 7).astype(jnp.float32)},
+                                jax.random.key(0), aug)
+  assert out["image"].shape == vol.shape and not np.allclose(out["image"], vol)
+  for d in (1, 2):  # every slice got the same in-plane warp
+    np.testing.assert_array_equal(out["image"][0, d], out["image"][0, 0])
+  aug.ssr, aug.noise_or_blur, aug.blur_sigma = 0.0, 1.0, 1.0
+  img = {"image": jnp.zeros((64, 8, 8, 1)), "mask": jnp.zeros((64, 8, 8, 1))}
+  noisy = np.asarray(step_lib.device_augment(img, jax.random.key(2), aug)["image"])
+  changed = np.abs(noisy).reshape(64, -1).max(1) > 0
+  assert 0.3 < changed.mean() < 0.7  # half noise (changes a zero image), half blur (does not)

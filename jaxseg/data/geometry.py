@@ -41,14 +41,17 @@ def warp_host(array: np.ndarray, m: np.ndarray, offset: np.ndarray, nearest: boo
                                   mode="grid-constant", cval=0.0, prefilter=False).astype(array.dtype)
 
 
-def warp_device(array, m, offset, nearest: bool):
-  """The same warp in jax for one [H, W, C] image (vmap it over a batch)."""
+def affine_field(m, offset, h: int, w: int):
+  """The warp as a dense field src [2, H, W] (jax): where each output pixel samples."""
   import jax.numpy as jnp
-  h, w = array.shape[:2]
   rows, cols = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                             indexing="ij")
-  src = jnp.einsum("ij,jhw->ihw", m, jnp.stack([rows, cols])) + offset[:, None, None]
-  return warp_field_device(array, src, nearest)
+  return jnp.einsum("ij,jhw->ihw", m, jnp.stack([rows, cols])) + offset[:, None, None]
+
+
+def warp_device(array, m, offset, nearest: bool):
+  """The same warp in jax for one [H, W, C] image (vmap it over a batch)."""
+  return warp_field_device(array, affine_field(m, offset, *array.shape[:2]), nearest)
 
 
 # ---- dense warps: elastic deformation and grid distortion ------------------------------------

@@ -123,8 +123,9 @@ def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   if aug.elastic_or_grid and not aug.on_device:
     ds = ds.random_map(ElasticOrGrid(aug.elastic_or_grid, aug.elastic_alpha, aug.elastic_control,
                                      aug.grid_cells, aug.grid_limit))
-  if aug.noise_or_blur or aug.brightness_contrast or aug.gamma:
-    ds = ds.random_map(Intensity(aug.noise_or_blur, aug.noise_std, aug.blur_sigma,
+  noise_or_blur = 0.0 if aug.on_device else aug.noise_or_blur  # else in the jitted step
+  if noise_or_blur or aug.brightness_contrast or aug.gamma:
+    ds = ds.random_map(Intensity(noise_or_blur, aug.noise_std, aug.blur_sigma,
                                  aug.brightness_contrast, aug.brightness, aug.contrast,
                                  aug.gamma, aug.gamma_limit))
   ds = ds.batch(local_batch_size(data_cfg.batch_size), drop_remainder=True)

@@ -202,6 +202,27 @@ def gaussian_blur(image: np.ndarray, rng: np.random.Generator, sigma: float) -> 
   return ndimage.gaussian_filter(image, sigmas, mode="nearest").astype(np.float32)
 
 
+def gaussian_blur_device(image, sigma, sigma_max: float):
+  """The host blur's twin in jax for one [H, W, C] image with a traced `sigma`: scipy's
+  gaussian_filter1d kernel (radius int(4 sigma + 0.5), edge-replicating border) along H, then
+  W, built on a fixed window for `sigma_max` so the shapes do not depend on sigma."""
+  import jax.numpy as jnp
+  r_max = int(4 * sigma_max + 0.5)
+  x = jnp.arange(-r_max, r_max + 1, dtype=jnp.float32)
+  radius = jnp.floor(4 * sigma + 0.5)
+  w = jnp.where(jnp.abs(x) <= radius, jnp.exp(-0.5 * (x / sigma) ** 2), 0.0)
+  w = w / w.sum()
+  out = image
+  for axis in (0, 1):
+    pad = [(0, 0)] * image.ndim
+    pad[axis] = (r_max, r_max)
+    padded = jnp.pad(out, pad, mode="edge")
+    n = out.shape[axis]
+    out = sum(w[k] * jnp.take(padded, jnp.arange(k, k + n), axis=axis)
+              for k in range(2 * r_max + 1))
+  return out
+
+
 def gamma(image: np.ndarray, rng: np.random.Generator, limit: float) -> np.ndarray:
   """x -> x ** g on the image min-max scaled to [0, 1] and back (images here are z-scored, so
   a plain power is undefined), g drawn log-uniformly from [1 / (1 + limit), 1 + limit]."""

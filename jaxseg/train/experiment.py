@@ -64,7 +64,8 @@ class Experiment:
                                  skip_nonfinite=tc.nan_policy == "skip",
                                  frozen_stats=frozen_stats,
                                  device_aug=d.augment if d.augment.on_device and (
-                                     d.augment.ssr or d.augment.elastic_or_grid) else None),
+                                     d.augment.ssr or d.augment.elastic_or_grid
+                                     or d.augment.noise_or_blur) else None),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr),
                              in_shardings=(r, b), out_shardings=(b, r))

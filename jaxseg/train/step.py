@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxseg import losses, metrics
-from jaxseg.data import geometry
+from jaxseg.data import geometry, transforms
 
 
 def _variables(batch_stats, params):
@@ -41,37 +41,48 @@ def micro_batches(batch: dict, n: int) -> dict:
 
 
 def device_augment(batch: dict, rng, aug) -> dict:
-  """data.augment's geometric transforms on the device, per example, the twins of the host
-  transforms (jaxseg.data.geometry): shift-scale-rotate with probability aug.ssr, then one of
-  {elastic, grid distortion} with probability aug.elastic_or_grid."""
-  h, w = batch["image"].shape[1:3]
-  n = batch["image"].shape[0]
-  k_ssr, k_u, k_noise, k_steps = jax.random.split(rng, 4)
-  u = jax.random.uniform(k_ssr, (n, 5))
-  v = jax.random.uniform(k_u, (n, 2))
-  noise = jax.random.normal(k_noise, (n, 2, aug.elastic_control, aug.elastic_control))
-  steps = jax.random.uniform(k_steps, (n, 2, aug.grid_cells), minval=-aug.grid_limit,
+  """data.augment on the device, per example, the twins of the host transforms: shift-scale-
+  rotate (probability aug.ssr), one of {elastic, grid distortion} (aug.elastic_or_grid), one of
+  {Gaussian noise, Gaussian blur} (aug.noise_or_blur). Volumes [B, D, H, W, C] get the same
+  in-plane warp on every slice, as on the host."""
+  image, mask = batch["image"], batch["mask"]
+  volume = image.ndim == 5
+  h, w = image.shape[-3:-1]
+  n = image.shape[0]
+  keys = jax.random.split(rng, 6)
+  u = jax.random.uniform(keys[0], (n, 5))
+  v = jax.random.uniform(keys[1], (n, 4))
+  noise = jax.random.normal(keys[2], (n, 2, aug.elastic_control, aug.elastic_control))
+  steps = jax.random.uniform(keys[3], (n, 2, aug.grid_cells), minval=-aug.grid_limit,
                              maxval=aug.grid_limit)
+  pixel_noise = keys[4]
 
-  def warp(image, mask, src, apply):
-    return (jnp.where(apply, geometry.warp_field_device(image, src, nearest=False), image),
-            jnp.where(apply, geometry.warp_field_device(mask, src, nearest=True), mask))
+  def warp(x, src, nearest, apply):
+    one = lambda s: geometry.warp_field_device(s, src, nearest)  # noqa: E731
+    return jnp.where(apply, jax.vmap(one)(x) if volume else one(x), x)
 
-  def one(image, mask, u, v, noise, steps):
+  def one(image, mask, u, v, noise, steps, key):
     if aug.ssr:
       m, offset = geometry.ssr_params(u[:4], h, w, aug.ssr_shift, aug.ssr_scale,
                                       aug.ssr_rotate, xp=jnp)
-      image, mask = (jnp.where(u[4] < aug.ssr, geometry.warp_device(x, m, offset, nearest), x)
-                     for x, nearest in ((image, False), (mask, True)))
+      src = geometry.affine_field(m, offset, h, w)
+      image, mask = warp(image, src, False, u[4] < aug.ssr), warp(mask, src, True, u[4] < aug.ssr)
     if aug.elastic_or_grid:
       elastic = geometry.elastic_field(noise, h, w, aug.elastic_alpha,
                                        jax.scipy.ndimage.map_coordinates, xp=jnp)
       grid = geometry.grid_distortion_field(steps, h, w, xp=jnp)
-      image, mask = warp(image, mask, jnp.where(v[1] < 0.5, elastic, grid),
-                         v[0] < aug.elastic_or_grid)
+      src = jnp.where(v[1] < 0.5, elastic, grid)
+      apply = v[0] < aug.elastic_or_grid
+      image, mask = warp(image, src, False, apply), warp(mask, src, True, apply)
+    if aug.noise_or_blur:
+      noisy = image + aug.noise_std * jax.random.normal(key, image.shape, image.dtype)
+      sigma = aug.blur_sigma / 4 + v[3] * (aug.blur_sigma - aug.blur_sigma / 4)
+      blur = lambda x: transforms.gaussian_blur_device(x, sigma, aug.blur_sigma)  # noqa: E731
+      blurred = jax.vmap(blur)(image) if volume else blur(image)
+      image = jnp.where(v[2] < aug.noise_or_blur, jnp.where(v[3] < 0.5, noisy, blurred), image)
     return image, mask
 
-  image, mask = jax.vmap(one)(batch["image"], batch["mask"], u, v, noise, steps)
+  image, mask = jax.vmap(one)(image, mask, u, v, noise, steps, jax.random.split(pixel_noise, n))
   return {**batch, "image": image, "mask": mask}
 
 

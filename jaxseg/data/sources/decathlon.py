@@ -67,10 +67,26 @@ def _center_crop(a: np.ndarray, size) -> np.ndarray:
   return out
 
 
-def preprocess(image: np.ndarray, label: np.ndarray, crop, factor: int):
-  """[X, Y, Z, C] image and [X, Y, Z] label -> float32 [D, H, W, C] and uint8 [D, H, W]."""
+def brain_box(image: np.ndarray) -> tuple[slice, ...]:
+  """Bounding box of the non-zero voxels of [D, H, W, C] (skull-stripped data: the brain)."""
+  nonzero = np.abs(image).sum(-1) > 0
+  if not nonzero.any():
+    return tuple(slice(None) for _ in range(3))
+  box = []
+  for axis in range(3):
+    hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(3) if a != axis)))
+    box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+  return tuple(box)
+
+
+def preprocess(image: np.ndarray, label: np.ndarray, crop, factor: int, to_brain=False):
+  """[X, Y, Z, C] image and [X, Y, Z] label -> float32 [D, H, W, C] and uint8 [D, H, W].
+  With `to_brain`, first cut to the brain's bounding box (then centre crop / pad to `crop`)."""
   image = np.transpose(image, (2, 1, 0, 3)).astype(np.float32)  # axial slices first: Z, Y, X
   label = np.transpose(label, (2, 1, 0))
+  if to_brain:
+    box = brain_box(image)
+    image, label = image[box], label[box]
   if crop:
     image, label = _center_crop(image, crop), _center_crop(label, crop)
   if factor > 1:
@@ -90,8 +106,12 @@ class DecathlonSource:
   """Volumes or axial slices of a Decathlon task; preprocessed volumes cached as .npy."""
 
   def __init__(self, root: str, cache_dir: str, crop=(), downsample: int = 1, depth: int = 0,
-               modalities=(), case_ids=None, _scanned=None):
+               modalities=(), case_ids=None, _scanned=None, crop_to_brain: bool = False):
     self.root, self.cache_dir = root, cache_dir
+    self.crop_to_brain = crop_to_brain
+    if crop_to_brain and not crop:
+      raise ValueError("data.crop_to_brain needs data.crop: brain boxes differ per volume, "
+                       "and samples need one shape")
     self.crop, self.downsample, self.depth = tuple(crop), downsample, depth
     volumes, self.modality_names, self.label_names = _scanned or scan(root)
     self._scanned = (volumes, self.modality_names, self.label_names)
@@ -111,7 +131,7 @@ class DecathlonSource:
   def from_config(cls, root: str, data_cfg, workdir: str = ""):
     cache = data_cfg.cache_dir or os.path.join(workdir or root, "preprocessed")
     return cls(root, cache, tuple(data_cfg.crop), data_cfg.downsample, data_cfg.depth,
-               tuple(data_cfg.modalities))
+               tuple(data_cfg.modalities), crop_to_brain=data_cfg.crop_to_brain)
 
   def _volume_depth(self) -> int:
     if self.crop:
@@ -124,12 +144,13 @@ class DecathlonSource:
   def load(self, v: int):
     """Preprocessed (image [D, H, W, C_all], label [D, H, W]) of volume v, memory-mapped."""
     vol = self.volumes[v]
-    tag = f"{vol.case_id}_{'x'.join(map(str, self.crop)) or 'full'}_{self.downsample}"
+    tag = (f"{vol.case_id}_{'brain_' if self.crop_to_brain else ''}"
+           f"{'x'.join(map(str, self.crop)) or 'full'}_{self.downsample}")
     img_path = os.path.join(self.cache_dir, f"{tag}_image.npy")
     lab_path = os.path.join(self.cache_dir, f"{tag}_label.npy")
     if not (os.path.exists(img_path) and os.path.exists(lab_path)):
       image, label = self._read(vol)
-      image, label = preprocess(image, label, self.crop, self.downsample)
+      image, label = preprocess(image, label, self.crop, self.downsample, self.crop_to_brain)
       os.makedirs(self.cache_dir, exist_ok=True)
       for path, array in ((img_path, image), (lab_path, label)):
         tmp = f"{path}.{os.getpid()}.tmp.npy"  # several workers may preprocess at once
@@ -173,7 +194,7 @@ class DecathlonSource:
 
   def subset(self, case_ids) -> "DecathlonSource":
     return DecathlonSource(self.root, self.cache_dir, self.crop, self.downsample, self.depth,
-                           self.modalities, case_ids, self._scanned)
+                           self.modalities, case_ids, self._scanned, self.crop_to_brain)
 
   def case_ids(self) -> list[str]:
     return [v.case_id for v in self.volumes]

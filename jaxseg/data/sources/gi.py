@@ -18,6 +18,7 @@ import os
 import re
 
 import numpy as np
+from absl import logging
 from PIL import Image
 
 from jaxseg.data import rle
@@ -83,7 +84,7 @@ def scan(root: str, drop_unlabelled: bool = True) -> list[GISlice]:
       if not _ID_RE.match(row["id"]):
         raise DataError(f"{csv_path} line {line}: id {row['id']!r} is not caseN_dayN_slice_NNNN")
       rows[row["id"]][row["class"]] = (row["segmentation"] or "", line)
-  slices = []
+  slices, dropped = [], 0
   for sid, by_class in rows.items():
     m = _ID_RE.match(sid)
     scan_name = f"{m['case']}_{m['day']}"
@@ -102,8 +103,13 @@ def scan(root: str, drop_unlabelled: bool = True) -> list[GISlice]:
     rec = GISlice(sid, m["case"], scan_name, int(m["n"]), path, shape, spacing, rles, lines)
     if any(rec.labels) or not drop_unlabelled:
       slices.append(rec)
+    else:
+      dropped += 1
   if not slices:
     raise DataError(f"{csv_path}: no labelled slices")
+  if dropped:
+    logging.info("%s: %d unlabelled slices dropped (data.drop_unlabelled), %d kept", csv_path,
+                 dropped, len(slices))
   slices.sort(key=lambda s: (s.case_id, s.scan, s.index))
   return slices
 
