@@ -36,7 +36,9 @@ def _random_batch(exp: Experiment, seed: int = 0) -> dict:
   return jax.device_put(batch, exp.batch_sharding)
 
 
-def bench_step(config, steps: int = 50, warmup: int = 3) -> dict:
+def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None = None) -> dict:
+  """With `profile_dir`, the timed steps are also recorded as a jax.profiler trace there
+  (open it with TensorBoard's profile plugin or Perfetto)."""
   exp = Experiment(config, workdir="")
   state = exp.init_state()
   acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
@@ -46,11 +48,17 @@ def bench_step(config, steps: int = 50, warmup: int = 3) -> dict:
     state, acc = compiled(state, batch, acc)
   jax.block_until_ready(state)
   times = []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    state, acc = compiled(state, batch, acc)
-    jax.block_until_ready((state, acc))
-    times.append(time.perf_counter() - t0)
+  if profile_dir:
+    jax.profiler.start_trace(profile_dir)
+  try:
+    for _ in range(steps):
+      t0 = time.perf_counter()
+      state, acc = compiled(state, batch, acc)
+      jax.block_until_ready((state, acc))
+      times.append(time.perf_counter() - t0)
+  finally:
+    if profile_dir:
+      jax.profiler.stop_trace()
   t = np.array(times)
   med = float(np.median(t))
   peak, peak_source = hardware.peak_tflops(config.model.dtype)
@@ -138,10 +146,11 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
           "ms_per_step": 1e3 * total / steps, "input_wait": wait / total, "steps": steps}
 
 
-def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = None) -> list:
+def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = None,
+              profile_dir: str | None = None) -> list:
   results = []
   if what in ("step", "all"):
-    r = bench_step(config, steps)
+    r = bench_step(config, steps, profile_dir=profile_dir)
     print(f"step  | {r['model']} b{r['batch']} {r['image_size']}px {r['dtype']} on "
           f"{r['devices']}x {r['device']} | compile {r['compile_s']:.1f}s | "
           f"{r['ms_per_step']:.1f} ms/step (p10 {r['ms_p10']:.1f}, p90 {r['ms_p90']:.1f}) | "

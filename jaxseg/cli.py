@@ -55,6 +55,8 @@ _WHAT = flags.DEFINE_enum("what", "all", ["step", "loop", "data", "all"],
                           "bench: compiled train step, end-to-end loop with Grain, the input "
                           "pipeline alone, or all three.")
 _BENCH_STEPS = flags.DEFINE_integer("bench_steps", 50, "bench: timed steps after warm-up.")
+_PROFILE = flags.DEFINE_string(
+    "profile", None, "bench: write a jax.profiler trace of the timed train steps to this folder.")
 _SWEEP = flags.DEFINE_string(
     "sweep", None, "sweep: the grid, 'a.b=[v1,v2];c.d=[v3]' (product of the lists); default: the "
     "config file's sweep() function.")
@@ -141,7 +143,7 @@ def main(argv):
       print(f"{row['name']}: {'not done' if score is None else f'val dice {score:.4f}'}")
   elif command == "bench":
     from jaxseg.bench import run_bench
-    run_bench(config, _WHAT.value, _BENCH_STEPS.value, _WORKDIR.value)
+    run_bench(config, _WHAT.value, _BENCH_STEPS.value, _WORKDIR.value, _PROFILE.value)
 
 
 def _config_sweep() -> list[dict]:

@@ -93,11 +93,13 @@ def test_predict_writes_masks_of_the_input_size_and_overlays(trained, lgg_root, 
   assert np.asarray(Image.open(out_dir / "slice_overlay.png")).shape == (40, 100, 3)
 
 
-def test_bench_prints_step_and_loop_numbers():
-  out = jaxseg("bench", *TINY, "--bench_steps=3").stdout
+def test_bench_prints_step_loop_and_data_numbers(tmp_path):
+  out = jaxseg("bench", *TINY, "--bench_steps=3", f"--profile={tmp_path / 'trace'}").stdout
   assert "ms/step" in out and "GFLOP/step" in out and "compile" in out
   assert "MFU" in out and "measured" in out and "step memory" in out  # CPU: measured peak
-  assert "input wait" in out
+  assert "input wait" in out and "samples/s per worker core" in out
+  traces = [p for p in (tmp_path / "trace").rglob("*") if p.is_file()]
+  assert traces and any(p.stat().st_size > 0 for p in traces)  # the profiler trace
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, lgg_root):
