@@ -115,12 +115,12 @@ def test_grid_distortion_is_monotone_and_keeps_the_corners():
 
 @pytest.mark.parametrize("seed", range(4))
 def test_elastic_or_grid_keeps_image_and_mask_aligned(seed):
-  from jaxseg.data.transforms import ElasticOrGrid
+  from jaxseg.data.transforms import Elastic, GridDistortion, OneOf
   rng = np.random.default_rng(seed)
   mask = np.zeros((48, 48, 1), np.float32)
   mask[10:30, 14:40] = 1
   sample = {"image": mask * 100, "mask": mask}
-  out = ElasticOrGrid(p=1.0, alpha=4.0).random_map(sample, rng)
+  out = OneOf((Elastic(alpha=4.0), GridDistortion()), p=1.0).random_map(sample, rng)
   agree = ((out["image"][..., 0] > 50) == (out["mask"][..., 0] > 0.5)).mean()
   assert agree > 0.98 and not np.array_equal(out["mask"], mask)
   assert set(np.unique(out["mask"])) <= {0.0, 1.0}  # nearest: no blended labels

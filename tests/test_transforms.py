@@ -57,7 +57,15 @@ def test_preprocess_resizes_and_normalizes():
 
 
 def test_intensity_transforms_change_the_image_only():
-  from jaxseg.data.transforms import Intensity, brightness_contrast, gaussian_blur, gaussian_noise
+  from jaxseg.data.transforms import (
+      BrightnessContrast,
+      Compose,
+      GaussianNoise,
+      OneOf,
+      brightness_contrast,
+      gaussian_blur,
+      gaussian_noise,
+  )
   rng = np.random.default_rng(0)
   image = rng.normal(size=(64, 64, 2)).astype(np.float32)
   noisy = gaussian_noise(image, rng, 0.5)
@@ -72,21 +80,39 @@ def test_intensity_transforms_change_the_image_only():
   ratio = bc.std() / image.std()
   assert 0.8 <= ratio <= 1.2 and abs(bc.mean() - image.mean() * ratio) <= 0.21
   s = _sample()
-  out = Intensity(1.0, 0.1, 1.0, 1.0).random_map(s, np.random.default_rng(3))
+  out = Compose((GaussianNoise(0.1), BrightnessContrast())).random_map(
+      s, np.random.default_rng(3))
   np.testing.assert_array_equal(out["mask"], s["mask"])
   assert not np.array_equal(out["image"], s["image"])
-  same = Intensity(0.0, brightness_contrast=0.0).random_map(s, np.random.default_rng(3))
+  same = OneOf((GaussianNoise(0.1),), p=0.0).random_map(s, np.random.default_rng(3))
   np.testing.assert_array_equal(same["image"], s["image"])
 
 
-def test_one_of_noise_or_blur_picks_each_about_half_the_time():
-  from jaxseg.data.transforms import Intensity
+def test_one_of_picks_each_option_evenly_and_honours_p():
+  from jaxseg.data.transforms import GaussianBlur, GaussianNoise, OneOf
   s = {"image": np.zeros((8, 8, 1), np.float32), "mask": np.zeros((8, 8, 1), np.float32)}
-  t = Intensity(noise_or_blur=1.0)
+  changed = lambda t, i: not np.all(t.random_map(s, np.random.default_rng(i))["image"] == 0)  # noqa: E731
   # blur of a constant image leaves it constant, noise does not
-  noise = sum(not np.all(t.random_map(s, np.random.default_rng(i))["image"] == 0)
-              for i in range(400))
-  assert 160 < noise < 240
+  both = OneOf((GaussianNoise(), GaussianBlur()), p=1.0)
+  assert 160 < sum(changed(both, i) for i in range(400)) < 240
+  maybe = OneOf((GaussianNoise(),), p=0.3)
+  assert 90 < sum(changed(maybe, i) for i in range(400)) < 150
+
+
+def test_train_recipe_follows_the_config():
+  from jaxseg.config import default_config
+  from jaxseg.data.transforms import Elastic, GridDistortion, OneOf, ShiftScaleRotate, train_recipe
+  aug = default_config().data.augment
+  aug.ssr, aug.elastic_or_grid, aug.noise_or_blur, aug.gamma = 0.85, 0.2, 0.5, 0.1
+  names = [type(t).__name__ for t in train_recipe(aug).transforms]
+  assert names == ["FlipRot90", "ShiftScaleRotate", "OneOf", "OneOf", "OneOf"]
+  warps = train_recipe(aug).transforms[2]
+  assert isinstance(warps, OneOf) and warps.p == 0.2
+  assert [type(o) for o in warps.options] == [Elastic, GridDistortion]
+  aug.on_device = True  # warps and noise / blur move into the jitted step
+  names = [type(t).__name__ for t in train_recipe(aug).transforms]
+  assert names == ["FlipRot90", "OneOf"] and not any(
+      isinstance(t, ShiftScaleRotate) for t in train_recipe(aug).transforms)
 
 
 def test_clahe_equalises_a_low_contrast_image_per_channel():

@@ -20,14 +20,7 @@ from jaxseg.data.sources.decathlon import DecathlonSource
 from jaxseg.data.sources.folder import FolderSource
 from jaxseg.data.sources.gi import GISource
 from jaxseg.data.sources.lgg import LGGSource
-from jaxseg.data.transforms import (
-    ElasticOrGrid,
-    FlipRot90,
-    Intensity,
-    Preprocess,
-    RandomPatch,
-    ShiftScaleRotate,
-)
+from jaxseg.data.transforms import Preprocess, RandomPatch, train_recipe
 
 SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource,
            "folder": FolderSource}
@@ -112,22 +105,11 @@ def _train_records(source, data_cfg, seed: int) -> grain.MapDataset:
 
 def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   """An endless, augmented stream of this host's training batches."""
-  aug = data_cfg.augment
   ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
   ds = ds.map(Preprocess.from_config(data_cfg))
   if data_cfg.patch:
     ds = ds.random_map(RandomPatch(tuple(data_cfg.patch), data_cfg.patch_foreground))
-  ds = ds.random_map(FlipRot90(aug.hflip, aug.vflip, aug.rot90))
-  if aug.ssr and not aug.on_device:
-    ds = ds.random_map(ShiftScaleRotate(aug.ssr, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate))
-  if aug.elastic_or_grid and not aug.on_device:
-    ds = ds.random_map(ElasticOrGrid(aug.elastic_or_grid, aug.elastic_alpha, aug.elastic_control,
-                                     aug.grid_cells, aug.grid_limit))
-  noise_or_blur = 0.0 if aug.on_device else aug.noise_or_blur  # else in the jitted step
-  if noise_or_blur or aug.brightness_contrast or aug.gamma:
-    ds = ds.random_map(Intensity(noise_or_blur, aug.noise_std, aug.blur_sigma,
-                                 aug.brightness_contrast, aug.brightness, aug.contrast,
-                                 aug.gamma, aug.gamma_limit))
+  ds = ds.random_map(train_recipe(data_cfg.augment))
   ds = ds.batch(local_batch_size(data_cfg.batch_size), drop_remainder=True)
   return _to_iter(ds, data_cfg)
 

@@ -158,38 +158,42 @@ class ShiftScaleRotate(grain.transforms.RandomMap):
             "mask": geometry.warp_host(sample["mask"], m, offset, nearest=True)}
 
 
-@dataclasses.dataclass(frozen=True)
-class ElasticOrGrid(grain.transforms.RandomMap):
-  """With probability p, one of {elastic deformation, grid distortion} (equal odds), image
-  bilinear, mask nearest, zeros outside; the fields of jaxseg.data.geometry, which the device
-  path shares. `alpha`: elastic displacement scale in pixels on a `control` x `control` grid;
-  `cells` x `cells` grid whose cells stretch by up to +-`limit`."""
+def _warp(sample: dict, src: np.ndarray) -> dict:
+  return {**sample, "image": geometry.warp_field_host(sample["image"], src, nearest=False),
+          "mask": geometry.warp_field_host(sample["mask"], src, nearest=True)}
 
-  p: float = 0.2
+
+@dataclasses.dataclass(frozen=True)
+class Elastic(grain.transforms.RandomMap):
+  """Elastic deformation: normal displacements scaled to `alpha` pixels on a `control` x
+  `control` grid, interpolated to every pixel (jaxseg.data.geometry, shared with the device)."""
+
   alpha: float = 8.0
   control: int = 5
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    from scipy import ndimage
+    h, w = sample["image"].shape[-3:-1]
+    noise = rng.normal(size=(2, self.control, self.control)).astype(np.float32)
+    return _warp(sample, geometry.elastic_field(noise, h, w, self.alpha, ndimage.map_coordinates))
+
+
+@dataclasses.dataclass(frozen=True)
+class GridDistortion(grain.transforms.RandomMap):
+  """`cells` x `cells` grid whose cells stretch by up to +-`limit` along each axis."""
+
   cells: int = 5
   limit: float = 0.3
 
   def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
-    u = rng.random(2)
-    if u[0] >= self.p:
-      return sample
     h, w = sample["image"].shape[-3:-1]
-    if u[1] < 0.5:
-      from scipy import ndimage
-      noise = rng.normal(size=(2, self.control, self.control)).astype(np.float32)
-      src = geometry.elastic_field(noise, h, w, self.alpha, ndimage.map_coordinates)
-    else:
-      steps = rng.uniform(-self.limit, self.limit, (2, self.cells)).astype(np.float32)
-      src = geometry.grid_distortion_field(steps, h, w)
-    return {**sample, "image": geometry.warp_field_host(sample["image"], src, nearest=False),
-            "mask": geometry.warp_field_host(sample["mask"], src, nearest=True)}
+    steps = rng.uniform(-self.limit, self.limit, (2, self.cells)).astype(np.float32)
+    return _warp(sample, geometry.grid_distortion_field(steps, h, w))
 
 
-# Intensity transforms: they change the image only. Each takes (image, rng) and is applied by
-# the Grain transforms below with its probability; they run after normalisation, so strengths
-# are in units of the image's standard deviation.
+# Intensity transforms: they change the image only. Each function takes (image, rng) and has a
+# Grain transform below; they run after normalisation, so strengths are in units of the image's
+# standard deviation.
 def gaussian_noise(image: np.ndarray, rng: np.random.Generator, std: float) -> np.ndarray:
   return (image + rng.normal(0.0, std, image.shape)).astype(np.float32)
 
@@ -239,28 +243,85 @@ def brightness_contrast(image: np.ndarray, rng: np.random.Generator, brightness:
 
 
 @dataclasses.dataclass(frozen=True)
-class Intensity(grain.transforms.RandomMap):
-  """With probability `noise_or_blur`, one of {Gaussian noise, Gaussian blur} (equal odds); with
-  probability `brightness_contrast`, a random brightness shift and contrast scale; with
-  probability `gamma`, a random gamma."""
-
-  noise_or_blur: float = 0.0
-  noise_std: float = 0.1
-  blur_sigma: float = 1.0
-  brightness_contrast: float = 0.0
-  brightness: float = 0.2
-  contrast: float = 0.2
-  gamma: float = 0.0
-  gamma_limit: float = 0.2
+class GaussianNoise(grain.transforms.RandomMap):
+  std: float = 0.1
 
   def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
-    image = sample["image"]
-    u = rng.random(4)
-    if u[0] < self.noise_or_blur:
-      image = (gaussian_noise(image, rng, self.noise_std) if u[1] < 0.5
-               else gaussian_blur(image, rng, self.blur_sigma))
-    if u[2] < self.brightness_contrast:
-      image = brightness_contrast(image, rng, self.brightness, self.contrast)
-    if u[3] < self.gamma:
-      image = gamma(image, rng, self.gamma_limit)
-    return {**sample, "image": image}
+    return {**sample, "image": gaussian_noise(sample["image"], rng, self.std)}
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianBlur(grain.transforms.RandomMap):
+  sigma: float = 1.0
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    return {**sample, "image": gaussian_blur(sample["image"], rng, self.sigma)}
+
+
+@dataclasses.dataclass(frozen=True)
+class BrightnessContrast(grain.transforms.RandomMap):
+  brightness: float = 0.2
+  contrast: float = 0.2
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    return {**sample, "image": brightness_contrast(sample["image"], rng, self.brightness,
+                                                   self.contrast)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Gamma(grain.transforms.RandomMap):
+  limit: float = 0.2
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    return {**sample, "image": gamma(sample["image"], rng, self.limit)}
+
+
+# Combinators, as in albumentations: a recipe is a Compose of transforms, OneOfs and maybes.
+@dataclasses.dataclass(frozen=True)
+class OneOf(grain.transforms.RandomMap):
+  """With probability `p`, one of `options` (random maps), chosen uniformly; a single option
+  is "apply with probability p"."""
+
+  options: tuple = ()
+  p: float = 1.0
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    u = rng.random(2)
+    if u[0] >= self.p or not self.options:
+      return sample
+    pick = self.options[min(int(u[1] * len(self.options)), len(self.options) - 1)]
+    return pick.random_map(sample, rng)
+
+
+@dataclasses.dataclass(frozen=True)
+class Compose(grain.transforms.RandomMap):
+  """The transforms in order, each drawing from the same per-record generator."""
+
+  transforms: tuple = ()
+
+  def random_map(self, sample: dict, rng: np.random.Generator) -> dict:
+    for t in self.transforms:
+      sample = t.random_map(sample, rng)
+    return sample
+
+
+def train_recipe(aug) -> Compose:
+  """data.augment as a Compose: flips / 90° turns, shift-scale-rotate, one of {elastic, grid},
+  one of {noise, blur}, brightness / contrast, gamma; each with its probability. With
+  `on_device`, the warps and noise / blur run in the jitted step instead (train/step.py)."""
+  steps = [FlipRot90(aug.hflip, aug.vflip, aug.rot90)]
+  if not aug.on_device:
+    if aug.ssr:
+      steps.append(ShiftScaleRotate(aug.ssr, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate))
+    if aug.elastic_or_grid:
+      steps.append(OneOf((Elastic(aug.elastic_alpha, aug.elastic_control),
+                          GridDistortion(aug.grid_cells, aug.grid_limit)), aug.elastic_or_grid))
+    if aug.noise_or_blur:
+      steps.append(OneOf((GaussianNoise(aug.noise_std), GaussianBlur(aug.blur_sigma)),
+                         aug.noise_or_blur))
+  if aug.brightness_contrast:
+    steps.append(OneOf((BrightnessContrast(aug.brightness, aug.contrast),),
+                       aug.brightness_contrast))
+  if aug.gamma:
+    steps.append(OneOf((Gamma(aug.gamma_limit),), aug.gamma))
+  return Compose(tuple(steps))
