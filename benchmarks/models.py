@@ -37,6 +37,12 @@ SUITE = {
     "unetpp_efficientnet_b3 (GI transfer)": ({"name": "unetpp_efficientnet_b3", "features": 16},
                                              {"image_size": 224, "num_classes": 3,
                                               "task": "multilabel"}),
+    # The other encoder / decoder pairs of the registry, at the LGG size.
+    "unet_efficientnet_b3 (combination)": ({"name": "unet_efficientnet_b3", "features": 16},
+                                           {"image_size": 256}),
+    "unetpp_vgg16 (combination)": ({"name": "unetpp_vgg16", "features": 16}, {"image_size": 256}),
+    "unetpp_resnet50 (combination)": ({"name": "unetpp_resnet50", "features": 16},
+                                      {"image_size": 256}),
     "unet (BraTS 2-D)": ({"name": "unet", "features": 16},
                          {"image_size": 160, "in_channels": 2, "num_classes": 4,
                           "task": "multiclass"}),
