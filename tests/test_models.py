@@ -46,6 +46,20 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert out.dtype == jnp.float32
 
 
+@pytest.mark.parametrize("name,kw", [("resunet", {"depth": 2}), ("unext", {}),
+                                     ("unet", {"residual": True, "dropout": 0.1})])
+def test_every_family_computes_in_bfloat16_with_float32_params(name, kw):
+  m = models.build(_unet_cfg(name=name, features=4, dtype="bfloat16", **kw), 3, 2)
+  v = models.init_variables(m, (32, 32, 3))
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v["params"]))
+  out, inter = jax.jit(lambda v, x: m.apply(v, x, train=False, capture_intermediates=True))(
+      v, jnp.ones((1, 32, 32, 3)))
+  assert out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
+  # inside, activations are bfloat16
+  dtypes = {x.dtype for x in jax.tree.leaves(inter)}
+  assert jnp.dtype(jnp.bfloat16) in dtypes
+
+
 def test_flops_reported_and_unknown_model_rejected():
   m = models.build(_unet_cfg(features=4, depth=2), 3, 1)
   v = models.init_variables(m, (32, 32, 3))
