@@ -103,7 +103,9 @@ def plot_comparison(evals: dict, path: str):
 
 
 def _show_image(image: np.ndarray) -> np.ndarray:
-  x = image[..., :3] if image.shape[-1] >= 3 else image[..., :1].repeat(3, -1)
+  """Three channels (LGG's stacked sequences) as RGB; any other count (MRI modalities) as the
+  first channel in grey, which reads better than a false-colour mix."""
+  x = image if image.shape[-1] == 3 else image[..., :1].repeat(3, -1)
   lo, hi = np.percentile(x, 1), np.percentile(x, 99)
   return np.clip((x - lo) / max(hi - lo, 1e-6), 0, 1)
 
@@ -116,6 +118,14 @@ def _colour(labels: np.ndarray, task: str) -> np.ndarray:
   for k in range(labels.shape[-1]):
     out[labels[..., k] > 0] = LABEL_COLOURS[1 + k % (len(LABEL_COLOURS) - 1)]
   return out
+
+
+def _legend(fig, ev: CaseEvaluator):
+  """Class colours, named, under the figure."""
+  from matplotlib.patches import Patch
+  handles = [Patch(color=LABEL_COLOURS[1 + k % (len(LABEL_COLOURS) - 1)], label=name)
+             for k, name in enumerate(ev.classes)]
+  fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
 
 
 def _best_slice(truth: np.ndarray, pred: np.ndarray) -> int:
@@ -152,7 +162,8 @@ def plot_cases(ev: CaseEvaluator, result: dict, n: int, path: str, rank_by: str 
       ax.axis("off")
     row[0].set_ylabel(case)
     row[0].set_title(f"{case} slice {z}: Dice {scores[case]:.3f}", fontsize=9)
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.04, 1, 1))
+  _legend(fig, ev)
   fig.savefig(path, dpi=80)
   plt.close(fig)
 
@@ -211,7 +222,8 @@ def plot_volume(ev: CaseEvaluator, path: str, slices: int = 4):
       axes[row, col].imshow(np.where(on, 0.45 * base + 0.55 * colour, base))
       axes[row, col].set_title(f"{ev.volumes[0].key} z={z} {title}", fontsize=8)
       axes[row, col].axis("off")
-  fig.tight_layout()
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  _legend(fig, ev)
   fig.savefig(path, dpi=80)
   plt.close(fig)
   return True
