@@ -160,3 +160,38 @@ def test_conv_impl_keeps_parameter_names_and_outputs():
   a = jax.jit(lambda v, x: xla.apply(v, x, train=False))(v, x)
   b = jax.jit(lambda v, x: patches.apply(v, x, train=False))(v, x)
   assert jnp.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 3), (2, 3, 4, 5, 3)])
+def test_upconv_is_flax_conv_transpose(shape):
+  import flax.linen as nn
+  import numpy as np
+
+  from jaxseg.models.layers import UpConv
+  nd = len(shape) - 2
+  x = jax.random.normal(jax.random.key(1), shape)
+  ref = nn.ConvTranspose(4, (2,) * nd, strides=(2,) * nd)
+  ours = UpConv(4)
+  v = ref.init(jax.random.key(0), x)
+  v_ours = ours.init(jax.random.key(0), x)
+  # same parameter tree and the same initial values from the same key
+  jax.tree.map(np.testing.assert_array_equal, v, v_ours)
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), atol=1e-5)
+  g_ref = jax.grad(lambda v: (ref.apply(v, x) ** 2).sum())(v)
+  g_ours = jax.grad(lambda v: (ours.apply(v, x) ** 2).sum())(v)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_ours, g_ref)
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 9, 7, 3), (1, 4, 6, 8, 2)])
+def test_max_pool_equals_flax(shape):
+  import flax.linen as nn
+  import numpy as np
+
+  from jaxseg.models.layers import max_pool
+  x = jax.random.normal(jax.random.key(0), shape)
+  nd = len(shape) - 2
+  ref = nn.max_pool(x, (2,) * nd, strides=(2,) * nd)
+  np.testing.assert_array_equal(max_pool(x), ref)
+  g = jax.grad(lambda x: (max_pool(x) ** 2).sum())(x)
+  g_ref = jax.grad(lambda x: (nn.max_pool(x, (2,) * nd, strides=(2,) * nd) ** 2).sum())(x)
+  np.testing.assert_allclose(g, g_ref)  # continuous inputs: no ties
