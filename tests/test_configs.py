@@ -49,8 +49,8 @@ def test_config_builds_and_steps(path, lgg_root, tmp_path):
     from test_decathlon_source import write_decathlon
     c.data.root = write_decathlon(tmp_path / "brats", n=4)
     c.data.split.val = c.data.split.test = 0.25
-    c.data.crop = (8, 32, 32)
-    c.data.depth = 8 if c.data.depth else 0
+    c.data.crop = (16, 32, 32)  # 16 slices: the 3-D UNet's four levels halve it to 1
+    c.data.depth = 16 if c.data.depth else 0
   else:
     c.data.root = lgg_root
   c.data.image_size = 32 if c.data.source == "decathlon" else 64

@@ -119,6 +119,12 @@ def test_efficientnet_b3_encoder_is_torchvisions_without_head():
                                           (2, 2, 384)]
 
 
+def test_unet_rejects_sides_its_depth_cannot_halve():
+  m = models.build(_unet_cfg(features=4, depth=4), 3, 1)
+  with pytest.raises(ValueError, match="divisible by 16"):
+    models.variable_shapes(m, (8, 32, 32, 3))
+
+
 def test_unext_rejects_sizes_not_divisible_by_32():
   m = models.build(_unet_cfg(name="unext", features=4), 3, 1)
   with pytest.raises(ValueError, match="divisible by 32"):

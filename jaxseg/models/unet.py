@@ -30,6 +30,9 @@ class UNet(nn.Module):
     # remat is switched on or off.
     block = lambda f, name: conv(f, self.norm, self.dropout, self.dtype, self.residual,  # noqa: E731
                                  self.conv_impl, name=name)
+    if any(n % 2**self.depth for n in x.shape[1:-1]):
+      raise ValueError(f"UNet with depth {self.depth} needs every input side divisible by "
+                       f"{2**self.depth}, got {x.shape[1:-1]}")
     x = x.astype(self.dtype)
     skips = []
     for level in range(self.depth):
