@@ -8,7 +8,7 @@ DoubleConv. Widths are 16f, 8f, 4f, 2f, f (f = 16 gives segmentation_models' 256
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseg.models.encoders import ENCODERS
+from jaxseg.models.encoders import encode
 from jaxseg.models.layers import DoubleConv, head, up_conv
 
 
@@ -21,10 +21,7 @@ class EncoderUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if x.shape[1] % 32 or x.shape[2] % 32:
-      raise ValueError(f"{self.encoder} UNet needs input sides divisible by 32, got {x.shape[1:3]}")
-    x = x.astype(self.dtype)
-    *skips, x = ENCODERS[self.encoder](self.dtype, name="encoder")(x, train)
+    *skips, x = encode(self.encoder, x, self.dtype, train)
     by_size = {s.shape[1]: s for s in skips}
     for i in range(5):
       f = self.features * 2 ** (4 - i)

@@ -204,3 +204,12 @@ class EfficientNetB3Encoder(nn.Module):
 
 ENCODERS = {"vgg16": VGG16Encoder, "resnet50": ResNet50Encoder,
             "efficientnet_b3": EfficientNetB3Encoder}
+
+
+def encode(encoder: str, x, dtype, train: bool, name: str = "encoder"):
+  """The named encoder's features of `x` (as a submodule called `name` of the calling module),
+  after checking that the input halves five times."""
+  if x.shape[1] % 32 or x.shape[2] % 32:
+    raise ValueError(f"the {encoder} encoder needs input sides divisible by 32, got "
+                     f"{x.shape[1:3]}")
+  return ENCODERS[encoder](dtype, name=name)(x.astype(dtype), train)

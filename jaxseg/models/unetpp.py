@@ -10,7 +10,7 @@ segmentation_models' 32...256 and 16). Upsampling is nearest-neighbour, as there
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseg.models.encoders import ENCODERS
+from jaxseg.models.encoders import encode
 from jaxseg.models.layers import DoubleConv, head
 
 
@@ -27,11 +27,8 @@ class UNetPlusPlus(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    if x.shape[1] % 32 or x.shape[2] % 32:
-      raise ValueError(f"UNet++ needs input sides divisible by 32, got {x.shape[1:3]}")
     size = x.shape[1]
-    x = x.astype(self.dtype)
-    feats = ENCODERS[self.encoder](self.dtype, name="encoder")(x, train)
+    feats = encode(self.encoder, x, self.dtype, train)
     # One encoder map per level, 1/2 ... 1/32: the last map at each resolution.
     levels = [[{f.shape[1]: f for f in feats}[size // 2 ** (i + 1)]] for i in range(5)]
     for j in range(1, 5):
