@@ -89,15 +89,22 @@ def _synthetic_root(config) -> str:
   return f"synthetic:8:{d.image_size}:16"
 
 
+def _train_source(config, workdir: str):
+  """(config, experiment, training source) for a benchmark: the config's data, or synthetic
+  files in its format (all cases in the training split) when it names none. Synthetic data and
+  the split go to `workdir`; no checkpoints are written."""
+  config = config.copy_and_resolve_references()
+  if not config.data.root:
+    config.data.root = _synthetic_root(config)
+    config.data.split.val = config.data.split.test = 0.0
+  exp = Experiment(config, workdir="")
+  exp.workdir = workdir
+  return config, exp, exp.sources()["train"]
+
+
 def bench_data(config, batches: int = 20, warmup: int = 2, workdir: str | None = None) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
-    config = config.copy_and_resolve_references()
-    if not config.data.root:
-      config.data.root = _synthetic_root(config)
-      config.data.split.val = config.data.split.test = 0.0  # all synthetic cases train
-    exp = Experiment(config, workdir="")
-    exp.workdir = workdir or tmp
-    source = exp.sources()["train"]
+    config, exp, source = _train_source(config, workdir or tmp)
     it = iter(pipeline.train_dataset(source, config.data, config.seed))
     for _ in range(warmup):  # worker start-up and first-read caches are not throughput
       next(it)
@@ -115,12 +122,7 @@ def bench_data(config, batches: int = 20, warmup: int = 2, workdir: str | None =
 
 def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = None) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
-    config = config.copy_and_resolve_references()
-    if not config.data.root:
-      config.data.root = _synthetic_root(config)
-    exp = Experiment(config, workdir="")
-    exp.workdir = workdir or tmp  # synthetic data and the split go here, no checkpoints
-    source = exp.sources()["train"]
+    config, exp, source = _train_source(config, workdir or tmp)
     state = exp.init_state()
     acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
     compiled, _, _ = exp.compile_train_step(state, acc)
