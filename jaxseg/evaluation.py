@@ -42,14 +42,16 @@ class CaseEvaluator:
     self.config, self.workdir, self.split = config, workdir, split
     self.exp = Experiment(config, workdir)
     self.source = self.exp.sources()[split]
-    self.states, self.steps = zip(*(self._restore(spec) for spec in checkpoints), strict=True)
+    template = self.exp.init_state()  # one init (and its compile) for every checkpoint
+    self.states, self.steps = zip(*(self._restore(spec, template) for spec in checkpoints),
+                                  strict=True)
     self.probabilities = make_probabilities(self.exp.predict_fn, tta)
     self.prep = Preprocess.from_config(config.data)
     self.overlap, self.tta = overlap, tta
     self.volumes = self.source.scored_volumes(config.data.image_size) if len(self.source) else []
     self.classes = class_names(self.source, config)
 
-  def _restore(self, spec: str):
+  def _restore(self, spec: str, template):
     path, _, which = spec.rpartition(":") if ":" in spec else ("", "", spec)
     if not path and os.path.isdir(which):
       path, which = which, "best"
@@ -58,7 +60,7 @@ class CaseEvaluator:
     if not ckpt.all_steps():
       raise FileNotFoundError(f"{ckpt.directory}: no checkpoint for {spec!r}; train first")
     step = ckpt.resolve(which)
-    state, _ = ckpt.restore(step, self.exp.init_state())
+    state, _ = ckpt.restore(step, template)
     return state, f"{path + ':' if path else ''}{step}"
 
   def _predict_batch(self, images: np.ndarray) -> np.ndarray:

@@ -1,12 +1,12 @@
-"""Convolution with a choice of weight-gradient algorithm.
+"""Convolution with a choice of weight-gradient algorithm (`model.conv_impl`).
 
-XLA's CPU backend computes a convolution's weight gradient at a fraction of its matmul speed
-(measured 2026-11-24 on 2-core Zen 4: 22-37 GFLOP/s against ~190 for a large matmul), and that
-gradient is a third of a UNet step's FLOPs. With `impl="patches"` the forward pass and the input
-gradient stay XLA convolutions, and the weight gradient becomes one large matmul of the input's
-patches (lax.conv_general_dilated_patches, i.e. im2col) with the output gradient. It trades
-memory (the patches: k^d times the input) for matmul speed; useful on CPUs, not on GPUs/TPUs
-where XLA's own weight gradient is fast.
+With `impl="patches"` the forward pass and the input gradient stay XLA convolutions and the
+weight gradient becomes one large matmul of the input's patches (im2col, built by slicing) with
+the output gradient. Measured on this project's 2-core CPU (2026-11-25, BUILD.md performance
+notes) it is slower than XLA's own weight gradient for the UNet step (1.50 -> 1.85 s at 128 px,
+3x the memory): the patches cost more memory traffic than the faster matmul saves. It is kept
+opt-in, off by default, for machines where that balance differs; the gradient is tested equal to
+XLA's.
 """
 
 import functools

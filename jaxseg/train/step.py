@@ -49,9 +49,10 @@ def device_augment(batch: dict, rng, aug) -> dict:
   volume = image.ndim == 5
   h, w = image.shape[-3:-1]
   n = image.shape[0]
-  keys = jax.random.split(rng, 6)
+  keys = jax.random.split(rng, 5)
   u = jax.random.uniform(keys[0], (n, 5))
-  v = jax.random.uniform(keys[1], (n, 4))
+  # v: elastic-or-grid apply, which of the two, noise-or-blur apply, which of the two, blur sigma
+  v = jax.random.uniform(keys[1], (n, 5))
   noise = jax.random.normal(keys[2], (n, 2, aug.elastic_control, aug.elastic_control))
   steps = jax.random.uniform(keys[3], (n, 2, aug.grid_cells), minval=-aug.grid_limit,
                              maxval=aug.grid_limit)
@@ -76,7 +77,7 @@ def device_augment(batch: dict, rng, aug) -> dict:
       image, mask = warp(image, src, False, apply), warp(mask, src, True, apply)
     if aug.noise_or_blur:
       noisy = image + aug.noise_std * jax.random.normal(key, image.shape, image.dtype)
-      sigma = aug.blur_sigma / 4 + v[3] * (aug.blur_sigma - aug.blur_sigma / 4)
+      sigma = aug.blur_sigma / 4 + v[4] * (aug.blur_sigma - aug.blur_sigma / 4)
       blur = lambda x: transforms.gaussian_blur_device(x, sigma, aug.blur_sigma)  # noqa: E731
       blurred = jax.vmap(blur)(image) if volume else blur(image)
       image = jnp.where(v[2] < aug.noise_or_blur, jnp.where(v[3] < 0.5, noisy, blurred), image)
