@@ -1,59 +1,109 @@
-"""Before / after, in one process: the UNet and UNeXt train steps with flax's nn.ConvTranspose and
-nn.max_pool (before) against jaxseg's UpConv (matmul + depth-to-space) and reshape max-pool
-(after). Same parameters, same outputs (tests/test_models.py); only the XLA programs differ.
+"""Before / after of each CPU performance change, one fresh process per measurement, alternating
+before and after twice (the machine drifts) and keeping each side's best.
 
   .venv/bin/python benchmarks/layers_ab.py --steps=10
+  .venv/bin/python benchmarks/layers_ab.py --changes=depthwise --steps=5
+
+Changes (every one keeps the parameters, outputs and gradients; tests/test_models.py and
+tests/test_xla_defaults.py check that):
+- upconv_maxpool: flax's nn.ConvTranspose and nn.max_pool (before) against jaxseg's UpConv
+  (matmul + depth-to-space) and reshape max-pool (after).
+- xla_cpu_conv: YNNPACK convolutions, jaxlib's default (before), against XLA's own, the flag
+  jaxseg sets at import (jaxseg.XLA_DEFAULTS, after).
+- depthwise: the grouped XLA convolution (before) against jaxseg's shifted-sum depthwise conv
+  (after), in UNeXt's MLP blocks and EfficientNet's MBConv blocks.
 """
 
+import json
 import os
+import subprocess
 import sys
 
-import flax.linen as nn
 from absl import app, flags
 
-from jaxseg.bench import bench_step
-from jaxseg.config import default_config
-from jaxseg.models import unet, unext
-
-_STEPS = flags.DEFINE_integer("steps", 10, "timed steps per row")
+_STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
+_CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise"],
+                             "which changes to measure")
+_CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
-NEW = {"up_conv": unet.up_conv, "max_pool": unet.max_pool}
+# change: the models it touches, as (name, model overrides, sizes or None for --sizes).
+MODELS = {
+    "upconv_maxpool": [("unet", {"features": 32}, None), ("unext", {"features": 16}, None)],
+    "xla_cpu_conv": [("unet", {"features": 32}, None), ("unext", {"features": 16}, None)],
+    "depthwise": [("unext", {"features": 16}, None),
+                  ("unetpp_efficientnet_b3", {"features": 16}, [224])],
+}
 
 
 def _flax_up_conv(features, x, dtype, name=None):
+  import flax.linen as nn
   nd = x.ndim - 2
   return nn.ConvTranspose(features, (2,) * nd, strides=(2,) * nd, dtype=dtype, name=name)(x)
 
 
 def _flax_max_pool(x, window=2):
+  import flax.linen as nn
   nd = x.ndim - 2
   return nn.max_pool(x, (window,) * nd, strides=(window,) * nd)
 
 
-def _use(before: bool):
-  unet.up_conv = _flax_up_conv if before else NEW["up_conv"]
-  unet.max_pool = unext.max_pool = _flax_max_pool if before else NEW["max_pool"]
+def _use_before(change: str):
+  """Puts the code back as it was before `change`, in this (child) process."""
+  if change == "upconv_maxpool":
+    from jaxseg.models import unet, unext
+    unet.up_conv = _flax_up_conv
+    unet.max_pool = unext.max_pool = _flax_max_pool
+  elif change == "depthwise":
+    from jaxseg.models import conv
+    shifted = conv.depthwise_conv
+    conv.depthwise_conv = lambda x, k, s, p, impl="auto": shifted(x, k, s, p, impl="xla")
+  elif change != "xla_cpu_conv":  # that one is the environment, set by the parent
+    raise ValueError(change)
+
+
+def _measure(spec: dict) -> dict:
+  if spec["before"]:
+    _use_before(spec["change"])
+  from jaxseg.bench import bench_step
+  from jaxseg.config import default_config
+  c = default_config()
+  c.model.name = spec["model"]
+  c.model.update(spec["overrides"])
+  c.data.image_size, c.data.batch_size = spec["size"], spec["batch"]
+  return {"ms": bench_step(c, steps=spec["steps"], warmup=2)["ms_per_step"]}
+
+
+def _run_child(spec: dict) -> float:
+  env = dict(os.environ)
+  env.pop("XLA_FLAGS", None)
+  if spec["change"] == "xla_cpu_conv" and spec["before"]:
+    env["JAXSEG_XLA_DEFAULTS"] = "0"
+  out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"], env=env,
+                       check=True, capture_output=True, text=True).stdout
+  return json.loads(out.strip().splitlines()[-1])["ms"]
 
 
 def main(argv):
   del argv
-  print(f"jaxseg layers A/B, {os.cpu_count()} CPUs, `{' '.join(sys.argv)}`")
-  print("| model | input | batch | before ms/step | after ms/step | speed-up |\n|---|---|---|---|---|---|")
-  for name, features in (("unet", 32), ("unext", 16)):
-    for size in map(int, _SIZES.value):
-      ms = {}
-      for before in (True, False, True, False):  # alternate: the machine drifts
-        _use(before)
-        c = default_config()
-        c.model.name, c.model.features = name, features
-        c.data.image_size, c.data.batch_size = size, _BATCH.value
-        r = bench_step(c, steps=_STEPS.value, warmup=2)
-        ms.setdefault(before, []).append(r["ms_per_step"])
-      b, a = min(ms[True]), min(ms[False])
-      print(f"| {name} | {size} | {_BATCH.value} | {b:.0f} | {a:.0f} | {b / a:.2f}x |", flush=True)
-  _use(False)
+  if _CHILD.value:
+    print(json.dumps(_measure(json.loads(_CHILD.value))))
+    return
+  print(f"jaxseg before/after, {os.cpu_count()} CPUs, `{' '.join(sys.argv)}`")
+  print("| change | model | input | batch | before ms/step | after ms/step | speed-up |\n"
+        "|---|---|---|---|---|---|---|")
+  for change in _CHANGES.value:
+    for model, overrides, sizes in MODELS[change]:
+      for size in sizes or map(int, _SIZES.value):
+        ms = {True: [], False: []}
+        for before in (True, False, True, False):
+          spec = {"change": change, "before": before, "model": model, "overrides": overrides,
+                  "size": size, "batch": _BATCH.value, "steps": _STEPS.value}
+          ms[before].append(_run_child(spec))
+        b, a = min(ms[True]), min(ms[False])
+        print(f"| {change} | {model} | {size} | {_BATCH.value} | {b:.0f} | {a:.0f} | "
+              f"{b / a:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

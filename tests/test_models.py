@@ -201,3 +201,38 @@ def test_max_pool_equals_flax(shape):
   g = jax.grad(lambda x: (max_pool(x) ** 2).sum())(x)
   g_ref = jax.grad(lambda x: (nn.max_pool(x, (2,) * nd, strides=(2,) * nd) ** 2).sum())(x)
   np.testing.assert_allclose(g, g_ref)  # continuous inputs: no ties
+
+
+@pytest.mark.parametrize("shape,kernel,stride,pad", [((2, 9, 11, 5), 3, 1, 1),
+                                                     ((2, 9, 11, 5), 3, 2, 1),
+                                                     ((2, 10, 10, 6), 5, 2, 2),
+                                                     ((1, 5, 6, 7, 3), 3, 1, 1)])
+def test_depthwise_conv_is_flax_grouped_conv(shape, kernel, stride, pad):
+  """The shifted-sum depthwise conv (CPU default) against nn.Conv(feature_group_count=C):
+  same parameters from the same key, outputs and gradients."""
+  import flax.linen as nn
+  import numpy as np
+
+  from jaxseg.models.conv import DepthwiseConv
+  nd, c = len(shape) - 2, shape[-1]
+  x = jax.random.normal(jax.random.key(1), shape)
+  ref = nn.Conv(c, (kernel,) * nd, strides=(stride,) * nd, padding=((pad, pad),) * nd,
+                feature_group_count=c)
+  ours = DepthwiseConv((kernel,) * nd, stride, pad, impl="shift")
+  v = ref.init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, v, ours.init(jax.random.key(0), x))
+  v = jax.tree.map(lambda a: a + jax.random.normal(jax.random.key(2), a.shape), v)  # bias != 0
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+  loss = lambda m: lambda v, x: (m.apply(v, x) ** 2).sum()  # noqa: E731
+  got, want = jax.grad(loss(ours), (0, 1))(v, x), jax.grad(loss(ref), (0, 1))(v, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3), got, want)
+
+
+def test_depthwise_conv_picks_shift_on_cpu_and_rejects_unknown_impls():
+  from jaxseg.models import conv
+  x, w = jnp.ones((1, 4, 4, 2)), jnp.ones((3, 3, 1, 2))
+  args = ((1, 1), ((1, 1), (1, 1)))
+  text = jax.jit(lambda x, w: conv.depthwise_conv(x, w, *args)).lower(x, w).as_text()
+  assert ("feature_group_count" in text) == (jax.default_backend() != "cpu")
+  with pytest.raises(ValueError, match="depthwise impl"):
+    conv.depthwise_conv(x, w, *args, impl="winograd")

@@ -14,6 +14,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxseg.models.conv import DepthwiseConv
 from jaxseg.models.layers import max_pool
 
 # VGG16 configuration "D": conv widths, "M" = 2x2 max-pool. Index i of `features` in torchvision
@@ -149,9 +150,8 @@ class MBConv(nn.Module):
           _conv(width, 1, dtype=self.dtype, name="block_0_0")(y)))
       i = 1
     pad = self.kernel // 2
-    y = nn.Conv(width, (self.kernel, self.kernel), strides=(self.strides, self.strides),
-                padding=((pad, pad), (pad, pad)), feature_group_count=width, use_bias=False,
-                dtype=self.dtype, name=f"block_{i}_0")(y)
+    y = DepthwiseConv((self.kernel, self.kernel), self.strides, pad, use_bias=False,
+                      dtype=self.dtype, name=f"block_{i}_0")(y)
     y = nn.silu(_bn(train, self.dtype, f"block_{i}_1")(y))
     y = SqueezeExcite(max(1, x.shape[-1] // 4), self.dtype, name=f"block_{i + 1}")(y)
     y = _bn(train, self.dtype, f"block_{i + 2}_1")(

@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxseg.models.conv import DepthwiseConv
 from jaxseg.models.layers import Norm, head, max_pool
 
 SHIFT_GROUPS = 5  # channel groups, shifted by -2..2 pixels
@@ -43,7 +44,7 @@ class ShiftedMLPBlock(nn.Module):
     dim = x.shape[-1]
     y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
     y = nn.Dense(dim, dtype=self.dtype)(shift_tokens(y, axis=2))
-    y = nn.Conv(dim, (3, 3), padding="SAME", feature_group_count=dim, dtype=self.dtype)(y)
+    y = DepthwiseConv((3, 3), padding=1, dtype=self.dtype, name="Conv_0")(y)
     y = nn.gelu(y, approximate=False)
     y = nn.Dense(dim, dtype=self.dtype)(shift_tokens(y, axis=1))
     return x + y
