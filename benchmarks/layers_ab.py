@@ -12,6 +12,8 @@ tests/test_xla_defaults.py check that):
   jaxseg sets at import (jaxseg.XLA_DEFAULTS, after).
 - depthwise: the grouped XLA convolution (before) against jaxseg's shifted-sum depthwise conv
   (after), in UNeXt's MLP blocks and EfficientNet's MBConv blocks.
+- conv3d: XLA's 3-D convolution (before) against the sum of 2-D convolutions over the kernel's
+  depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
 """
 
 import json
@@ -24,16 +26,20 @@ from absl import app, flags
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
-_CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise"],
+_CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
-# change: the models it touches, as (name, model overrides, sizes or None for --sizes).
+# change: the models it touches, as (name, model overrides, data overrides, sizes or None for
+# --sizes).
+_2D = [("unet", {"features": 32}, {}, None), ("unext", {"features": 16}, {}, None)]
+_3D = {"depth": 64, "in_channels": 4, "num_classes": 4, "task": "multiclass", "batch_size": 1}
 MODELS = {
-    "upconv_maxpool": [("unet", {"features": 32}, None), ("unext", {"features": 16}, None)],
-    "xla_cpu_conv": [("unet", {"features": 32}, None), ("unext", {"features": 16}, None)],
-    "depthwise": [("unext", {"features": 16}, None),
-                  ("unetpp_efficientnet_b3", {"features": 16}, [224])],
+    "upconv_maxpool": _2D,
+    "xla_cpu_conv": _2D,
+    "depthwise": [("unext", {"features": 16}, {}, None),
+                  ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
+    "conv3d": [("unet3d", {"features": 16, "norm": "group"}, _3D, [64])],
 }
 
 
@@ -59,6 +65,9 @@ def _use_before(change: str):
     from jaxseg.models import conv
     shifted = conv.depthwise_conv
     conv.depthwise_conv = lambda x, k, s, p, impl="auto": shifted(x, k, s, p, impl="xla")
+  elif change == "conv3d":
+    from jaxseg.models import conv
+    conv.conv_nd = conv._conv
   elif change != "xla_cpu_conv":  # that one is the environment, set by the parent
     raise ValueError(change)
 
@@ -72,6 +81,7 @@ def _measure(spec: dict) -> dict:
   c.model.name = spec["model"]
   c.model.update(spec["overrides"])
   c.data.image_size, c.data.batch_size = spec["size"], spec["batch"]
+  c.data.update(spec["data"])
   return {"ms": bench_step(c, steps=spec["steps"], warmup=2)["ms_per_step"]}
 
 
@@ -94,15 +104,16 @@ def main(argv):
   print("| change | model | input | batch | before ms/step | after ms/step | speed-up |\n"
         "|---|---|---|---|---|---|---|")
   for change in _CHANGES.value:
-    for model, overrides, sizes in MODELS[change]:
+    for model, overrides, data, sizes in MODELS[change]:
       for size in sizes or map(int, _SIZES.value):
         ms = {True: [], False: []}
         for before in (True, False, True, False):
           spec = {"change": change, "before": before, "model": model, "overrides": overrides,
-                  "size": size, "batch": _BATCH.value, "steps": _STEPS.value}
+                  "data": data, "size": size, "batch": _BATCH.value, "steps": _STEPS.value}
           ms[before].append(_run_child(spec))
         b, a = min(ms[True]), min(ms[False])
-        print(f"| {change} | {model} | {size} | {_BATCH.value} | {b:.0f} | {a:.0f} | "
+        batch = data.get("batch_size", _BATCH.value)
+        print(f"| {change} | {model} | {size} | {batch} | {b:.0f} | {a:.0f} | "
               f"{b / a:.2f}x |", flush=True)
 
 

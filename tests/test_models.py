@@ -236,3 +236,43 @@ def test_depthwise_conv_picks_shift_on_cpu_and_rejects_unknown_impls():
   assert ("feature_group_count" in text) == (jax.default_backend() != "cpu")
   with pytest.raises(ValueError, match="depthwise impl"):
     conv.depthwise_conv(x, w, *args, impl="winograd")
+
+
+@pytest.mark.parametrize("shape,kernel,padding", [((2, 5, 6, 7, 3), (3, 3, 3, 3, 4), 1),
+                                                  ((1, 6, 5, 4, 2), (1, 1, 1, 2, 3), 0),
+                                                  ((1, 4, 5, 6, 2), (3, 3, 3, 2, 2), 0)])
+def test_3d_conv_as_2d_sum_equals_xlas(shape, kernel, padding):
+  import numpy as np
+
+  from jaxseg.models.conv import _conv, conv3d_as_2d
+  x = jax.random.normal(jax.random.key(0), shape)
+  w = jax.random.normal(jax.random.key(1), kernel)
+  pad = ((padding, padding),) * 3
+  np.testing.assert_allclose(conv3d_as_2d(x, w, pad), _conv(x, w, (1, 1, 1), pad), rtol=1e-5,
+                             atol=1e-4)
+  loss = lambda f: lambda x, w: (f(x, w, (1, 1, 1), pad) ** 2).sum()  # noqa: E731
+  got = jax.grad(loss(lambda x, w, s, p: conv3d_as_2d(x, w, p)), (0, 1))(x, w)
+  want = jax.grad(loss(_conv), (0, 1))(x, w)
+  for g, r in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, r, rtol=1e-4, atol=1e-3)
+
+
+def test_3d_conv_norm_act_keeps_flax_conv_parameters_and_initial_values():
+  """3-D ConvNormAct builds jaxseg's Conv (for the CPU 3-D path) where it built nn.Conv: the
+  same parameter tree, initial values from the same key, and outputs."""
+  import flax.linen as nn
+  import numpy as np
+
+  from jaxseg.models.layers import ConvNormAct
+
+  class FlaxConv(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(3, (3, 3, 3), padding="SAME", name="Conv_0")(x)
+
+  x = jax.random.normal(jax.random.key(2), (1, 4, 4, 4, 2))
+  ours = ConvNormAct(3, norm="none", act=False)
+  v, v_ref = ours.init(jax.random.key(0), x, False), FlaxConv().init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, v, v_ref)
+  np.testing.assert_allclose(ours.apply(v, x, False), FlaxConv().apply(v, x), rtol=1e-5,
+                             atol=1e-5)

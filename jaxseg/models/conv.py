@@ -30,6 +30,28 @@ def _conv(x, w, strides, padding):
                                   dimension_numbers=_dimension_numbers(x.ndim - 2))
 
 
+def conv_nd(x, w, strides, padding):
+  """XLA's convolution, except a stride-1 3-D convolution on CPU: there it is the sum over the
+  kernel's depth taps of 2-D convolutions with depth folded into the batch, 2.5-4x faster
+  forward + backward than XLA CPU's own 3-D convolution (BUILD.md performance notes)."""
+  if x.ndim != 5 or any(s != 1 for s in strides) or jax.default_backend() != "cpu":
+    return _conv(x, w, strides, padding)
+  return conv3d_as_2d(x, w, padding)
+
+
+def conv3d_as_2d(x, w, padding):
+  (lo, hi), *plane_padding = padding
+  xp = jnp.pad(x, ((0, 0), (lo, hi), (0, 0), (0, 0), (0, 0)))
+  n, _, h, wd, c = x.shape
+  depth = xp.shape[1] - w.shape[0] + 1
+  out = None
+  for tap in range(w.shape[0]):
+    planes = lax.slice_in_dim(xp, tap, tap + depth, axis=1).reshape(n * depth, h, wd, c)
+    y = _conv(planes, w[tap], (1, 1), tuple(plane_padding))
+    out = y if out is None else out + y
+  return out.reshape(n, depth, *out.shape[1:])
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def conv_patch_grad(x, w, strides, padding):
   """lax.conv_general_dilated (channels last) whose weight gradient is an im2col matmul."""
@@ -92,7 +114,7 @@ class Conv(nn.Module):
     if self.impl == "patches":
       y = conv_patch_grad(x, kernel, strides, tuple(pads))
     elif self.impl == "xla":
-      y = _conv(x, kernel, strides, tuple(pads))
+      y = conv_nd(x, kernel, strides, tuple(pads))
     else:
       raise ValueError(f"model.conv_impl={self.impl!r}; known: {IMPLS}")
     if self.use_bias:

@@ -47,12 +47,14 @@ class ConvNormAct(nn.Module):
   dropout: float = 0.0
   act: bool = True
   dtype: jnp.dtype = jnp.float32
-  conv_impl: str = "xla"  # or "patches": im2col weight gradient (jaxseg.models.conv), for CPUs
+  # "xla", or "patches": im2col weight gradient (jaxseg.models.conv). 3-D convolutions always go
+  # through jaxseg.models.conv.Conv, which runs them on CPUs as sums of 2-D convolutions.
+  conv_impl: str = "xla"
 
   @nn.compact
   def __call__(self, x, train: bool):
     nd = spatial_dims(x)
-    if self.conv_impl == "xla":
+    if self.conv_impl == "xla" and nd == 2:
       x = nn.Conv(self.features, (self.kernel,) * nd, strides=(self.strides,) * nd,
                   padding="SAME", use_bias=self.norm == "none", dtype=self.dtype,
                   name="Conv_0")(x)
