@@ -276,3 +276,12 @@ def test_3d_conv_norm_act_keeps_flax_conv_parameters_and_initial_values():
   jax.tree.map(np.testing.assert_array_equal, v, v_ref)
   np.testing.assert_allclose(ours.apply(v, x, False), FlaxConv().apply(v, x), rtol=1e-5,
                              atol=1e-5)
+
+
+def test_3d_conv_runs_as_2d_convolutions_on_cpu_only():
+  from jaxseg.models.conv import conv_nd
+  x, w = jnp.ones((1, 4, 4, 4, 2)), jnp.ones((3, 3, 3, 2, 2))
+  hlo = jax.jit(lambda x, w: conv_nd(x, w, (1, 1, 1), ((1, 1),) * 3)).lower(x, w).as_text()
+  assert hlo.count("stablehlo.convolution") == (3 if jax.default_backend() == "cpu" else 1)
+  strided = jax.jit(lambda x, w: conv_nd(x, w, (2, 2, 2), ((1, 1),) * 3)).lower(x, w).as_text()
+  assert strided.count("stablehlo.convolution") == 1

@@ -117,6 +117,16 @@ def test_gradient_accumulation_equals_the_big_batch(lgg_root):
   assert int(acc["steps"]) == 2
 
 
+def test_gradient_accumulation_compiles_without_a_loop_on_cpu(lgg_root):
+  """XLA's CPU backend runs convolutions in a loop body ~40x slower, so on CPU the micro-batch
+  loop must be unrolled (jaxseg/train/step.py)."""
+  exp = _experiment(lgg_root, grad_accum=2)
+  state = exp.init_state()
+  acc = jax.device_put(step_lib.zero_accumulator(1), exp.replicated)
+  hlo = exp.train_step.lower(state, exp.abstract_batch(), acc).as_text()
+  assert ("while" in hlo) == (jax.default_backend() != "cpu")
+
+
 def test_skip_policy_leaves_state_unchanged_on_a_nan_batch(lgg_root):
   exp = _experiment(lgg_root, nan_policy="skip")
   state = exp.init_state()
