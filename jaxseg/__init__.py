@@ -7,7 +7,7 @@ __version__ = "0.1.0"
 # XLA flags jaxseg sets unless the user's XLA_FLAGS already name them (or JAXSEG_XLA_DEFAULTS=0).
 # They must be in the environment before JAX starts its backends, hence here, at import.
 # - jaxlib 0.10 hands CPU convolutions to YNNPACK; XLA's own (Eigen) convolutions ran the UNet
-#   train step 1.3-1.4x faster on this project's CPU (BUILD.md performance notes). CPU only: the
+#   train step 1.3-1.75x faster on this project's CPU (BUILD.md performance notes). CPU only: the
 #   GPU and TPU backends ignore xla_cpu_* flags.
 XLA_DEFAULTS = ("--xla_cpu_experimental_ynn_fusion_type=-individual_convolution",)
 

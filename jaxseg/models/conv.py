@@ -1,5 +1,6 @@
-"""Convolution with a choice of weight-gradient algorithm (`model.conv_impl`), and a depthwise
-convolution that XLA's CPU backend runs 10-40x faster than its grouped convolution.
+"""Convolution with a choice of weight-gradient algorithm (`model.conv_impl`), and the two CPU
+forms XLA's CPU backend runs faster than its own: 3-D convolutions as sums of 2-D ones
+(`conv_nd`) and depthwise convolutions as shifted sums (`depthwise_conv`).
 
 With `impl="patches"` the forward pass and the input gradient stay XLA convolutions and the
 weight gradient becomes one large matmul of the input's patches (im2col, built by slicing) with
