@@ -11,6 +11,15 @@ import time
 import jax
 import jax.numpy as jnp
 
+
+def cpu_backend() -> bool:
+  """Whether traced code will run on XLA's CPU backend. jaxseg writes three things differently
+  there, each measured faster on CPU and not yet measured on an accelerator (BUILD.md
+  performance notes): depthwise and 3-D convolutions (models/conv.py) and the
+  gradient-accumulation loop (train/step.py)."""
+  return jax.default_backend() == "cpu"
+
+
 # device_kind substring -> {dtype: TFLOP/s}
 PEAKS = {
     "H200": {"bfloat16": 989.0, "float16": 989.0, "float32": 494.0},

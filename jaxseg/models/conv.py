@@ -19,6 +19,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxseg.hardware import cpu_backend
+
 IMPLS = ("xla", "patches")
 
 
@@ -35,7 +37,7 @@ def conv_nd(x, w, strides, padding):
   """XLA's convolution, except a stride-1 3-D convolution on CPU: there it is the sum over the
   kernel's depth taps of 2-D convolutions with depth folded into the batch, 2.5-4x faster
   forward + backward than XLA CPU's own 3-D convolution (BUILD.md performance notes)."""
-  if x.ndim != 5 or any(s != 1 for s in strides) or jax.default_backend() != "cpu":
+  if x.ndim != 5 or any(s != 1 for s in strides) or not cpu_backend():
     return _conv(x, w, strides, padding)
   return conv3d_as_2d(x, w, padding)
 
@@ -134,7 +136,7 @@ def depthwise_conv(x, kernel, strides, padding, impl: str = "auto"):
   where that convolution is a tuned library call. Accumulates in float32.
   """
   if impl == "auto":
-    impl = "shift" if jax.default_backend() == "cpu" else "xla"
+    impl = "shift" if cpu_backend() else "xla"
   if impl == "xla":
     nd = x.ndim - 2
     return lax.conv_general_dilated(x, kernel, strides, padding,

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxseg import losses, metrics
+from jaxseg import hardware, losses, metrics
 from jaxseg.data import geometry, transforms
 
 
@@ -130,7 +130,7 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_step
       # is holding one micro-batch's activations at a time.
       (grads, loss, counts, batch_stats), _ = jax.lax.scan(
           body, init, (jnp.arange(accum_steps), micro_batches(batch, accum_steps)),
-          unroll=jax.default_backend() == "cpu")
+          unroll=hardware.cpu_backend())
       grads = jax.tree.map(lambda g: g / accum_steps, grads)
       loss = loss / accum_steps
 
