@@ -131,7 +131,7 @@ def depthwise_conv(x, kernel, strides, padding, impl: str = "auto"):
 
   impl "shift" sums the kernel taps over strided shifted views of the padded input: one fused
   element-wise loop forward, whose gradients XLA also fuses. XLA's CPU backend runs the same
-  layer as a grouped convolution 10-40x slower forward and 3-15x slower forward + backward
+  layer as a grouped convolution 20-45x slower forward and 2.6-16x slower forward + backward
   (BUILD.md performance notes); "auto" picks "shift" on CPU and XLA's convolution elsewhere,
   where that convolution is a tuned library call. Accumulates in float32.
   """
