@@ -12,6 +12,9 @@ tests/test_xla_defaults.py check that):
   jaxseg sets at import (jaxseg.XLA_DEFAULTS, after).
 - depthwise: the grouped XLA convolution (before) against jaxseg's shifted-sum depthwise conv
   (after), in UNeXt's MLP blocks and EfficientNet's MBConv blocks.
+- max_pool: max-pool as a reshape and a max, differentiated by JAX (before: its gradient
+  splits among tied maxima and divides by their count) against jaxseg's max-pool with its own
+  first-maximum gradient (layers.max_pool, after).
 - conv3d: XLA's 3-D convolution (before) against the sum of 2-D convolutions over the kernel's
   depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
 """
@@ -26,7 +29,8 @@ from absl import app, flags
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
-_CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d"],
+_CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d",
+                                         "max_pool"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -40,6 +44,7 @@ MODELS = {
     "depthwise": [("unext", {"features": 16}, {}, None),
                   ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
     "conv3d": [("unet3d", {"features": 16, "norm": "group"}, _3D, [64])],
+    "max_pool": _2D,
 }
 
 
@@ -55,6 +60,14 @@ def _flax_max_pool(x, window=2):
   return nn.max_pool(x, (window,) * nd, strides=(window,) * nd)
 
 
+def _reshape_max_pool(x, window=2):
+  nd = x.ndim - 2
+  sizes = [n // window for n in x.shape[1:-1]]
+  x = x[(slice(None),) + tuple(slice(0, n * window) for n in sizes)]
+  shape = [x.shape[0]] + [d for n in sizes for d in (n, window)] + [x.shape[-1]]
+  return x.reshape(shape).max(axis=tuple(2 + 2 * i for i in range(nd)))
+
+
 def _use_before(change: str):
   """Puts the code back as it was before `change`, in this (child) process."""
   if change == "upconv_maxpool":
@@ -65,6 +78,9 @@ def _use_before(change: str):
     from jaxseg.models import conv
     shifted = conv.depthwise_conv
     conv.depthwise_conv = lambda x, k, s, p, impl="auto": shifted(x, k, s, p, impl="xla")
+  elif change == "max_pool":
+    from jaxseg.models import unet, unext
+    unet.max_pool = unext.max_pool = _reshape_max_pool
   elif change == "conv3d":
     from jaxseg.models import conv
     conv.conv_nd = conv._conv

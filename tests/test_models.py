@@ -188,19 +188,30 @@ def test_upconv_is_flax_conv_transpose(shape):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_ours, g_ref)
 
 
-@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 9, 7, 3), (1, 4, 6, 8, 2)])
-def test_max_pool_equals_flax(shape):
+@pytest.mark.parametrize("shape,window,dtype", [((2, 8, 6, 3), 2, "float32"),
+                                                ((2, 9, 7, 3), 2, "float32"),
+                                                ((2, 9, 7, 3), 3, "float32"),
+                                                ((2, 8, 8, 4), 2, "bfloat16"),
+                                                ((1, 4, 6, 8, 2), 2, "float32")])
+def test_max_pool_equals_flax(shape, window, dtype):
+  """Values and gradient equal nn.max_pool's, ties included: inputs rounded to a few levels make
+  most windows hold several maxima, and the gradient must go to the first of them only."""
   import flax.linen as nn
+  import jax.numpy as jnp
   import numpy as np
 
   from jaxseg.models.layers import max_pool
-  x = jax.random.normal(jax.random.key(0), shape)
+  x = jnp.round(2 * jax.random.normal(jax.random.key(0), shape)).astype(dtype)
   nd = len(shape) - 2
-  ref = nn.max_pool(x, (2,) * nd, strides=(2,) * nd)
-  np.testing.assert_array_equal(max_pool(x), ref)
-  g = jax.grad(lambda x: (max_pool(x) ** 2).sum())(x)
-  g_ref = jax.grad(lambda x: (nn.max_pool(x, (2,) * nd, strides=(2,) * nd) ** 2).sum())(x)
-  np.testing.assert_allclose(g, g_ref)  # continuous inputs: no ties
+  ref = lambda x: nn.max_pool(x, (window,) * nd, strides=(window,) * nd)  # noqa: E731
+  ours = jax.jit(lambda x: max_pool(x, window))
+  np.testing.assert_array_equal(ours(x), ref(x))
+  cot = jax.random.normal(jax.random.key(1), ref(x).shape).astype(dtype)
+  g = jax.vjp(ours, x)[1](cot)[0]
+  g_ref = jax.vjp(ref, x)[1](cot)[0]
+  assert g.dtype == g_ref.dtype and g.shape == x.shape
+  assert int((g != 0).sum()) == cot.size  # one gradient entry per window, even with ties
+  np.testing.assert_array_equal(g, g_ref)
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((2, 9, 11, 5), 3, 1, 1),

@@ -2,7 +2,11 @@
 config, float32 parameters. Kernel sizes follow the input's rank, so one block serves 2-D and
 3-D networks."""
 
+import functools
+import itertools
+
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxseg.models.conv import Conv
@@ -96,15 +100,49 @@ class DoubleConv(nn.Module):
     return y + x
 
 
-def max_pool(x, window: int = 2):
-  """Non-overlapping max-pool (VALID: a ragged edge is dropped) as a reshape and a max. Its
-  gradient is a compare and a select; XLA's reduce_window max-pool has a select-and-scatter
-  gradient that costs 7x more on CPUs (44 vs 6 ms at 8 x 128^2 x 32, 2026-11-25)."""
-  nd = spatial_dims(x)
+def _pool_views(x, window: int):
+  """The window^nd strided views of x, one per offset inside the window (row-major), each of the
+  pooled output's shape; a ragged edge is dropped."""
   sizes = [n // window for n in x.shape[1:-1]]
-  x = x[(slice(None),) + tuple(slice(0, n * window) for n in sizes)]
-  shape = [x.shape[0]] + [d for n in sizes for d in (n, window)] + [x.shape[-1]]
-  return x.reshape(shape).max(axis=tuple(2 + 2 * i for i in range(nd)))
+  offsets = itertools.product(range(window), repeat=len(sizes))
+  return [x[(slice(None),) + tuple(slice(o, o + n * window, window)
+                                   for o, n in zip(off, sizes, strict=True))] for off in offsets]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def max_pool(x, window: int = 2):
+  """Non-overlapping max-pool (VALID: a ragged edge is dropped), the same values and gradient
+  as flax's nn.max_pool: the gradient goes to the first maximum of each window in row-major
+  order, as in torch. Written as an element-wise max of strided views, and a backward pass of
+  compares and selects, because XLA's CPU backend runs nn.max_pool's select-and-scatter
+  gradient 7-9x slower (8 x 128^2 x 32: 44 vs 6 ms, 2026-11-25), and autodiff through a
+  reshape + max adds a tie count and a division (BUILD.md performance notes)."""
+  return functools.reduce(jnp.maximum, _pool_views(x, window))
+
+
+def _max_pool_fwd(x, window):
+  y = max_pool(x, window)
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, residuals, g):
+  x, y = residuals
+  nd = spatial_dims(x)
+  sizes = y.shape[1:-1]
+  taken, parts = None, []
+  for view in _pool_views(x, window):
+    hit = view == y if taken is None else (view == y) & ~taken
+    taken = hit if taken is None else taken | hit
+    parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
+  # [B, *sizes, window^nd, C] -> [B, n0, w, n1, w, ..., C] -> [B, *sizes * window, C]
+  dx = jnp.stack(parts, axis=-2).reshape(x.shape[0], *sizes, *(window,) * nd, x.shape[-1])
+  perm = [0] + [p for i in range(nd) for p in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
+  dx = dx.transpose(perm).reshape(x.shape[0], *[n * window for n in sizes], x.shape[-1])
+  ragged = [(0, 0)] + [(0, full - n * window) for full, n in zip(x.shape[1:-1], sizes, strict=True)]
+  return (jnp.pad(dx, ragged + [(0, 0)]),)
+
+
+max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class UpConv(nn.Module):
