@@ -25,6 +25,16 @@ def test_defaults_are_appended_but_never_replace_the_users_choice():
   assert env["XLA_FLAGS"] == ""
 
 
+def test_defaults_only_under_the_jaxlib_they_were_measured_with():
+  """XLA aborts on unknown flags, so another jaxlib (a GPU image's newer JAX) gets none."""
+  assert jaxseg._jaxlib_version().startswith(jaxseg.XLA_DEFAULTS_JAXLIB)  # the pin
+  env = {}
+  jaxseg._apply_xla_defaults(env, jaxlib_version="0.11.2")
+  assert "XLA_FLAGS" not in env
+  jaxseg._apply_xla_defaults(env, jaxlib_version="0.10.2")
+  assert env["XLA_FLAGS"] == FLAG
+
+
 _PROBE = """
 import jaxseg, jax, jax.numpy as jnp
 x, w = jnp.ones((8, 64, 64, 32)), jnp.ones((3, 3, 32, 32))
