@@ -20,3 +20,13 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+
+# What a lent GPU machine's image lacks, as Python 3.12 wheels in .whl/ (git-ignored), for
+# benchmarks/gpu_session.sh: grain with two of its needs, ml-collections, nibabel.
+DEVICE_WHEELS := grain==0.2.18 array-record==0.8.6 portpicker==1.6.0 ml-collections==1.1.0 \
+	nibabel==5.4.2
+.PHONY: device-wheels
+device-wheels:
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform any -d .whl $(DEVICE_WHEELS)

@@ -17,7 +17,7 @@ TINY = ["--config=configs/demo.py", "--config.data.image_size=32", "--config.mod
 
 def jaxseg(*args, check=True):
   env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  proc = subprocess.run([sys.executable, "-m", "jaxseg.cli", *args], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, "-m", "jaxseg", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   if check and proc.returncode:
     raise AssertionError(f"jaxseg {args} failed:\n{proc.stdout}\n{proc.stderr}")
