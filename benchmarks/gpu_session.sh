@@ -8,7 +8,8 @@
 #
 # Phases run in order, each under its own time limit so that one slow phase (a long compile)
 # cannot eat the lease; each writes its log, and the benchmarks their .md/.json tables, to $OUT
-# (benchmarks/results/gpu-session here when OUT is unset). Budget: about 8 minutes on an H100.
+# (benchmarks/results/gpu-session here when OUT is unset). The limits add up to 540 s, inside
+# one 600 s device call.
 set -u
 OUT=${OUT:-benchmarks/results/gpu-session}
 mkdir -p "$OUT"
@@ -38,12 +39,12 @@ phase() {  # name, seconds, command...
   tail -n 15 "$OUT/$name.log" | sed 's/^/   /'
 }
 
-phase env 60 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
+phase env 30 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
 # A few model and train-step tests first: API drift in the image's newer JAX shows up here.
-phase smoke 120 $PY -m pytest -q -x -p no:cacheprovider tests/test_models.py -k "unet and not efficientnet and not 3d" tests/test_train.py
-phase vs_torch 240 $PY benchmarks/vs_torch.py $VS --out="$OUT"
+phase smoke 90 $PY -m pytest -q -x -p no:cacheprovider tests/test_models.py -k "unet and not efficientnet and not 3d" tests/test_train.py
+phase vs_torch 210 $PY benchmarks/vs_torch.py $VS --out="$OUT"
 phase models 150 $PY benchmarks/models.py $MODELS --out="$OUT"
 # The real loop (synthetic files in the LGG format: the real reader, Grain workers, augmentation,
 # device prefetch); reports the input-wait share of the step.
-phase loop_unet 90 $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=loop $LOOP
+phase loop_unet 60 $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=loop $LOOP
 echo "== done $(date -u +%H:%M:%S)"

@@ -7,7 +7,8 @@ before and after twice (the machine drifts) and keeping each side's best.
 Changes (every one keeps the parameters, outputs and gradients; tests/test_models.py and
 tests/test_xla_defaults.py check that):
 - upconv_maxpool: flax's nn.ConvTranspose and nn.max_pool (before) against jaxseg's UpConv
-  (matmul + depth-to-space) and reshape max-pool (after).
+  (matmul + depth-to-space) and max-pool (after; a reshape + max when first measured, now the
+  strided-view max-pool of the max_pool change below).
 - xla_cpu_conv: YNNPACK convolutions, jaxlib's default (before), against XLA's own, the flag
   jaxseg sets at import (jaxseg.XLA_DEFAULTS, after).
 - depthwise: the grouped XLA convolution (before) against jaxseg's shifted-sum depthwise conv

@@ -115,8 +115,9 @@ def max_pool(x, window: int = 2):
   as flax's nn.max_pool: the gradient goes to the first maximum of each window in row-major
   order, as in torch. Written as an element-wise max of strided views, and a backward pass of
   compares and selects, because XLA's CPU backend runs nn.max_pool's select-and-scatter
-  gradient 7-9x slower (8 x 128^2 x 32: 44 vs 6 ms, 2026-11-25), and autodiff through a
-  reshape + max adds a tie count and a division (BUILD.md performance notes)."""
+  gradient far slower (8 x 128^2 x 16, forward + backward: 25.8 against 1.2 ms, 2026-11-26),
+  and autodiff through a reshape + max adds a tie count and a division (BUILD.md performance
+  notes)."""
   return functools.reduce(jnp.maximum, _pool_views(x, window))
 
 
