@@ -16,6 +16,8 @@ tests/test_xla_defaults.py check that):
 - max_pool: max-pool as a reshape and a max, differentiated by JAX (before: its gradient
   splits among tied maxima and divides by their count) against jaxseg's max-pool with its own
   first-maximum gradient (layers.max_pool, after).
+- depthwise_grad: the shifted-sum depthwise conv differentiated by JAX (before) against its
+  hand-written kernel gradient, one variadic reduction over the tap products (after).
 - conv3d: XLA's 3-D convolution (before) against the sum of 2-D convolutions over the kernel's
   depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
 """
@@ -31,7 +33,7 @@ _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
 _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d",
-                                         "max_pool"],
+                                         "max_pool", "depthwise_grad"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -46,6 +48,8 @@ MODELS = {
                   ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
     "conv3d": [("unet3d", {"features": 16, "norm": "group"}, _3D, [64])],
     "max_pool": _2D,
+    "depthwise_grad": [("unext", {"features": 16}, {}, None),
+                       ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
 }
 
 
@@ -82,6 +86,9 @@ def _use_before(change: str):
   elif change == "max_pool":
     from jaxseg.models import unet, unext
     unet.max_pool = unext.max_pool = _reshape_max_pool
+  elif change == "depthwise_grad":
+    from jaxseg.models import conv
+    conv._shifted_depthwise = conv._shifted_sum
   elif change == "conv3d":
     from jaxseg.models import conv
     conv.conv_nd = conv._conv

@@ -217,7 +217,8 @@ def test_max_pool_equals_flax(shape, window, dtype):
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((2, 9, 11, 5), 3, 1, 1),
                                                      ((2, 9, 11, 5), 3, 2, 1),
                                                      ((2, 10, 10, 6), 5, 2, 2),
-                                                     ((1, 5, 6, 7, 3), 3, 1, 1)])
+                                                     ((1, 5, 6, 7, 3), 3, 1, 1),
+                                                     ((1, 5, 7, 6, 2), 3, 2, 1)])
 def test_depthwise_conv_is_flax_grouped_conv(shape, kernel, stride, pad):
   """The shifted-sum depthwise conv (CPU default) against nn.Conv(feature_group_count=C):
   same parameters from the same key, outputs and gradients."""
@@ -237,6 +238,24 @@ def test_depthwise_conv_is_flax_grouped_conv(shape, kernel, stride, pad):
   loss = lambda m: lambda v, x: (m.apply(v, x) ** 2).sum()  # noqa: E731
   got, want = jax.grad(loss(ours), (0, 1))(v, x), jax.grad(loss(ref), (0, 1))(v, x)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3), got, want)
+
+
+def test_depthwise_conv_in_bfloat16_keeps_dtypes_and_values():
+  """The hand-written kernel gradient accumulates in float32 and returns the kernel's dtype."""
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxseg.models.conv import depthwise_conv
+  x = jax.random.normal(jax.random.key(0), (2, 12, 10, 8))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 1, 8))
+  conv = lambda x, k: depthwise_conv(x, k, (1, 1), ((1, 1), (1, 1)), impl="shift")  # noqa: E731
+  loss = lambda x, k: (conv(x, k).astype(jnp.float32) ** 2).sum()  # noqa: E731
+  gx, gk = jax.grad(loss, (0, 1))(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16))
+  want_x, want_k = jax.grad(loss, (0, 1))(x, k)
+  assert conv(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16)).dtype == jnp.bfloat16
+  assert gx.dtype == gk.dtype == jnp.bfloat16
+  np.testing.assert_allclose(np.asarray(gk, np.float32), want_k, rtol=0.05, atol=0.5)
+  np.testing.assert_allclose(np.asarray(gx, np.float32), want_x, rtol=0.05, atol=0.5)
 
 
 def test_depthwise_conv_picks_shift_on_cpu_and_rejects_unknown_impls():
