@@ -191,10 +191,18 @@ def _shifted_depthwise_bwd(strides, padding, residuals, g):
   g32 = g.astype(jnp.float32)
   products = tuple(tap.astype(jnp.float32) * g32
                    for tap in _depthwise_taps(xp, kernel.shape[:-2], g.shape[1:-1], strides))
-  sums = lax.reduce(products, (jnp.float32(0),) * len(products),
-                    lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)),
-                    tuple(range(x.ndim - 1)))
+  # Rows first, then the rest: shorter running sums than one pass over batch x space (float32
+  # error 6e-7 instead of 8e-6 of the largest entry at 4 x 112² x 144), and faster.
+  rows = _sum_together(products, (x.ndim - 2,))
+  sums = _sum_together(rows, tuple(range(x.ndim - 2)))
   return dx, jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
+
+
+def _sum_together(arrays, axes):
+  """Sums of several same-shaped arrays over `axes` as one variadic reduction: one pass that
+  reads them all, where separate reductions cost XLA's CPU backend far more."""
+  return lax.reduce(tuple(arrays), (jnp.float32(0),) * len(arrays),
+                    lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)), axes)
 
 
 _shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
