@@ -172,10 +172,10 @@ def _shifted_sum(x, kernel, strides, padding):
 def _shifted_depthwise(x, kernel, strides, padding):
   """The shifted sum with a hand-written kernel gradient. Differentiated by JAX, the kernel
   gradient is one reduction per tap over a materialised zero-bordered shifted copy of the input
-  (the forward pass keeps those copies for it), and that cost 20x the forward pass on CPU. Here
-  the tap products go into one variadic reduction, which XLA emits as a single pass, and the
-  forward pass keeps only x. UNet++ / EfficientNet-B3 (224 px, batch 4): step 1.42-1.49 ->
-  1.12 s, compile 26 -> 19 s, step memory 2486 -> 1584 MB (BUILD.md performance notes)."""
+  (the forward pass keeps those copies for it), and that cost up to 20x the forward pass on CPU.
+  Here the forward pass keeps only x and the tap products are summed together by variadic
+  reductions, which XLA emits as single passes. UNet++ / EfficientNet-B3 (224 px, batch 8):
+  step 2565 -> 2072 ms; step memory 2486 -> 1584 MB at batch 4 (BUILD.md performance notes)."""
   return _shifted_sum(x, kernel, strides, padding)
 
 
