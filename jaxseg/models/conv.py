@@ -55,24 +55,32 @@ def conv3d_as_2d(x, w, padding):
   return out.reshape(n, depth, *out.shape[1:])
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_patch_grad(x, w, strides, padding):
-  """lax.conv_general_dilated (channels last) whose weight gradient is an im2col matmul."""
-  return _conv(x, w, strides, padding)
+def with_weight_gradient(op, weight_gradient):
+  """op(x, w, strides, padding) with JAX's input gradient and a hand-written weight gradient,
+  weight_gradient(x, w, g, strides, padding); the forward pass keeps only x and w. The one
+  mechanism behind the im2col convolution and the shifted depthwise convolution below."""
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+  def f(x, w, strides, padding):
+    return op(x, w, strides, padding)
+
+  def fwd(x, w, strides, padding):
+    return op(x, w, strides, padding), (x, w)
+
+  def bwd(strides, padding, residuals, g):
+    x, w = residuals
+    _, input_vjp = jax.vjp(lambda x: op(x, w, strides, padding), x)
+    return input_vjp(g)[0], weight_gradient(x, w, g, strides, padding)
+
+  f.defvjp(fwd, bwd)
+  return f
 
 
-def _fwd(x, w, strides, padding):
-  return _conv(x, w, strides, padding), (x, w)
-
-
-def _bwd(strides, padding, residuals, g):
-  x, w = residuals
-  _, input_vjp = jax.vjp(lambda x: _conv(x, w, strides, padding), x)
-  (dx,) = input_vjp(g)
+def _patches_weight_gradient(x, w, g, strides, padding):
   *window, cin, cout = w.shape
   if any(s != 1 for s in strides):
     _, weight_vjp = jax.vjp(lambda w: _conv(x, w, strides, padding), w)
-    return dx, weight_vjp(g)[0]
+    return weight_vjp(g)[0]
   # im2col by slicing: one shifted view of the padded input per kernel tap, side by side.
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   out_spatial = g.shape[1:-1]
@@ -84,10 +92,11 @@ def _bwd(strides, padding, residuals, g):
   patches = jnp.concatenate(taps, axis=-1)  # features ordered (*window, input channel)
   dw = lax.dot_general(patches.reshape(-1, patches.shape[-1]), g.reshape(-1, cout),
                        (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-  return dx, dw.reshape(*window, cin, cout).astype(w.dtype)
+  return dw.reshape(*window, cin, cout).astype(w.dtype)
 
 
-conv_patch_grad.defvjp(_fwd, _bwd)
+# lax.conv_general_dilated (channels last) whose weight gradient is an im2col matmul.
+conv_patch_grad = with_weight_gradient(_conv, _patches_weight_gradient)
 
 
 class Conv(nn.Module):
@@ -168,25 +177,13 @@ def _shifted_sum(x, kernel, strides, padding):
   return acc.astype(x.dtype)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def _shifted_depthwise(x, kernel, strides, padding):
-  """The shifted sum with a hand-written kernel gradient. Differentiated by JAX, the kernel
-  gradient is one reduction per tap over a materialised zero-bordered shifted copy of the input
-  (the forward pass keeps those copies for it), and that cost up to 20x the forward pass on CPU.
-  Here the forward pass keeps only x and the tap products are summed together by variadic
-  reductions, which XLA emits as single passes. UNet++ / EfficientNet-B3 (224 px, batch 8):
-  step 2565 -> 2072 ms; step memory 2486 -> 1584 MB at batch 4 (BUILD.md performance notes)."""
-  return _shifted_sum(x, kernel, strides, padding)
-
-
-def _shifted_depthwise_fwd(x, kernel, strides, padding):
-  return _shifted_sum(x, kernel, strides, padding), (x, kernel)
-
-
-def _shifted_depthwise_bwd(strides, padding, residuals, g):
-  x, kernel = residuals
-  _, input_vjp = jax.vjp(lambda x: _shifted_sum(x, kernel, strides, padding), x)
-  (dx,) = input_vjp(g)
+def _depthwise_kernel_gradient(x, kernel, g, strides, padding):
+  """Differentiated by JAX, the kernel gradient of the shifted sum is one reduction per tap over
+  a materialised zero-bordered shifted copy of the input (the forward pass keeps those copies
+  for it), and that cost up to 20x the forward pass on CPU. Here the tap products are summed
+  together by variadic reductions, which XLA emits as single passes. UNet++ / EfficientNet-B3
+  (224 px, batch 8): step 2565 -> 2072 ms; step memory 2486 -> 1584 MB at batch 4 (BUILD.md
+  performance notes)."""
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   g32 = g.astype(jnp.float32)
   products = tuple(tap.astype(jnp.float32) * g32
@@ -195,7 +192,7 @@ def _shifted_depthwise_bwd(strides, padding, residuals, g):
   # error 6e-7 instead of 8e-6 of the largest entry at 4 x 112² x 144), and faster.
   rows = _sum_together(products, (x.ndim - 2,))
   sums = _sum_together(rows, tuple(range(x.ndim - 2)))
-  return dx, jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
+  return jnp.stack(sums).reshape(kernel.shape).astype(kernel.dtype)
 
 
 def _sum_together(arrays, axes):
@@ -205,7 +202,7 @@ def _sum_together(arrays, axes):
                     lambda a, b: tuple(u + v for u, v in zip(a, b, strict=True)), axes)
 
 
-_shifted_depthwise.defvjp(_shifted_depthwise_fwd, _shifted_depthwise_bwd)
+_shifted_depthwise = with_weight_gradient(_shifted_sum, _depthwise_kernel_gradient)
 
 
 class DepthwiseConv(nn.Module):
