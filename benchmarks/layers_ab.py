@@ -17,7 +17,7 @@ tests/test_xla_defaults.py check that):
   splits among tied maxima and divides by their count) against jaxseg's max-pool with its own
   first-maximum gradient (layers.max_pool, after).
 - depthwise_grad: the shifted-sum depthwise conv differentiated by JAX (before) against its
-  hand-written kernel gradient, one variadic reduction over the tap products (after).
+  hand-written kernel gradient, the tap products summed together by variadic reductions (after).
 - conv3d: XLA's 3-D convolution (before) against the sum of 2-D convolutions over the kernel's
   depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
 """

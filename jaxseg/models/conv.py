@@ -55,6 +55,18 @@ def conv3d_as_2d(x, w, padding):
   return out.reshape(n, depth, *out.shape[1:])
 
 
+def window_views(x, window, out, strides):
+  """(offset, view) for each offset inside a kernel window, in the kernel's (row-major) order:
+  the strided view of x (channels last) that the tap at that offset reads for each of the `out`
+  output positions. The taps of the shifted depthwise conv, of the im2col weight gradient and of
+  max-pooling (layers.max_pool)."""
+  for offset in itertools.product(*[range(k) for k in window]):
+    start = (0, *offset, 0)
+    stop = (x.shape[0], *[o + (n - 1) * s + 1 for o, n, s in zip(offset, out, strides,
+                                                                strict=True)], x.shape[-1])
+    yield offset, lax.slice(x, start, stop, (1, *strides, 1))
+
+
 def with_weight_gradient(op, weight_gradient):
   """op(x, w, strides, padding) with JAX's input gradient and a hand-written weight gradient,
   weight_gradient(x, w, g, strides, padding); the forward pass keeps only x and w. The one
@@ -83,12 +95,7 @@ def _patches_weight_gradient(x, w, g, strides, padding):
     return weight_vjp(g)[0]
   # im2col by slicing: one shifted view of the padded input per kernel tap, side by side.
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  out_spatial = g.shape[1:-1]
-  taps = []
-  for offset in itertools.product(*[range(k) for k in window]):
-    index = (slice(None),) + tuple(slice(o, o + n) for o, n in zip(offset, out_spatial,
-                                                                  strict=True))
-    taps.append(xp[index])
+  taps = [view for _, view in window_views(xp, window, g.shape[1:-1], strides)]
   patches = jnp.concatenate(taps, axis=-1)  # features ordered (*window, input channel)
   dw = lax.dot_general(patches.reshape(-1, patches.shape[-1]), g.reshape(-1, cout),
                        (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
@@ -157,22 +164,12 @@ def depthwise_conv(x, kernel, strides, padding, impl: str = "auto"):
   return _shifted_depthwise(x, kernel, tuple(strides), tuple(map(tuple, padding)))
 
 
-def _depthwise_taps(xp, window, out, strides):
-  """The strided view of the padded input under each kernel tap, in the kernel's order."""
-  for offset in itertools.product(*[range(k) for k in window]):
-    start = (0, *offset, 0)
-    stop = (xp.shape[0], *[o + (n - 1) * s + 1 for o, n, s in zip(offset, out, strides,
-                                                                 strict=True)], xp.shape[-1])
-    yield lax.slice(xp, start, stop, (1, *strides, 1))
-
-
 def _shifted_sum(x, kernel, strides, padding):
   *window, _, channels = kernel.shape
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:-1], window, strides, strict=True)]
   acc = jnp.zeros((x.shape[0], *out, channels), jnp.float32)
-  taps = _depthwise_taps(xp, window, out, strides)
-  for offset, tap in zip(itertools.product(*[range(k) for k in window]), taps, strict=True):
+  for offset, tap in window_views(xp, window, out, strides):
     acc = acc + (tap * kernel[offset][0]).astype(jnp.float32)
   return acc.astype(x.dtype)
 
@@ -187,7 +184,7 @@ def _depthwise_kernel_gradient(x, kernel, g, strides, padding):
   xp = jnp.pad(x, ((0, 0), *padding, (0, 0)))
   g32 = g.astype(jnp.float32)
   products = tuple(tap.astype(jnp.float32) * g32
-                   for tap in _depthwise_taps(xp, kernel.shape[:-2], g.shape[1:-1], strides))
+                   for _, tap in window_views(xp, kernel.shape[:-2], g.shape[1:-1], strides))
   # Rows first, then the rest: shorter running sums than one pass over batch x space (float32
   # error 6e-7 instead of 8e-6 of the largest entry at 4 x 112² x 144), and faster.
   rows = _sum_together(products, (x.ndim - 2,))

@@ -3,13 +3,12 @@ config, float32 parameters. Kernel sizes follow the input's rank, so one block s
 3-D networks."""
 
 import functools
-import itertools
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.conv import Conv
+from jaxseg.models.conv import Conv, window_views
 
 NORMS = ("batch", "group", "instance", "none")
 
@@ -103,10 +102,9 @@ class DoubleConv(nn.Module):
 def _pool_views(x, window: int):
   """The window^nd strided views of x, one per offset inside the window (row-major), each of the
   pooled output's shape; a ragged edge is dropped."""
+  nd = spatial_dims(x)
   sizes = [n // window for n in x.shape[1:-1]]
-  offsets = itertools.product(range(window), repeat=len(sizes))
-  return [x[(slice(None),) + tuple(slice(o, o + n * window, window)
-                                   for o, n in zip(off, sizes, strict=True))] for off in offsets]
+  return [view for _, view in window_views(x, (window,) * nd, sizes, (window,) * nd)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
