@@ -13,13 +13,12 @@ import datetime
 import importlib
 import json
 import os
-import subprocess
 import sys
 
 import jax
 from absl import app, flags
 
-from jaxseg.bench import bench_data, bench_step
+from jaxseg.bench import bench_data, bench_step, git_commit
 
 _CONFIGS = flags.DEFINE_list("configs", ["gi_cnn_scratch", "lgg_unet", "brats_2d", "brats_3d"],
                              "configs/ modules to measure")
@@ -56,8 +55,7 @@ def main(argv):
     print(f"step {name}: {r['images_per_s']:.2f} images/s (batch {r['batch']})", flush=True)
   meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
           "cpus": os.cpu_count(), "jax": jax.__version__, "command": " ".join(sys.argv),
-          "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                   text=True, cwd=os.path.dirname(__file__)).stdout.strip()}
+          "commit": git_commit()}
   os.makedirs(_OUT.value, exist_ok=True)
   stem = os.path.join(_OUT.value, f"data-{meta['date']}-{jax.devices()[0].platform}")
   with open(stem + ".json", "w") as f:

@@ -7,12 +7,15 @@
 #   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh
 #
 # Phases run in order, each under its own time limit so that one slow phase (a long compile)
-# cannot eat the lease; each writes its log, and the benchmarks their .md/.json tables, to $OUT
-# (benchmarks/results/gpu-session here when OUT is unset). The limits add up to 540 s, inside
-# one 600 s device call.
+# cannot eat the lease. A first gate (one tiny train step on the GPU) ends the run at once when
+# JAX or jaxseg fails there, so that most of the lease is left for a fixed rerun. All output
+# goes to $OUT/session.log and the tables (.md/.json, rewritten after each row) to $OUT
+# (benchmarks/results/gpu-session here when OUT is unset): 7 files, under the 8 that come back.
+# The limits add up to 530 s, inside one 560 s device call.
 set -u
 OUT=${OUT:-benchmarks/results/gpu-session}
 mkdir -p "$OUT"
+LOG=$OUT/session.log
 export PYTHONUNBUFFERED=1
 if [ "${GPU_SESSION_DRY:-0}" = 1 ]; then
   # Same commands, tiny sizes, on this machine's venv: checks the script, not the numbers.
@@ -26,25 +29,35 @@ else
   export PYTHONPATH=/tmp/site:$PWD
   PY=python3
   VS="--batch=16 --sizes=256 --dtype=bfloat16 --torch_modes=eager,compile --steps=50"
-  MODELS="--steps=50 --batch=16 --dtype=bfloat16 --only=Buda,unext,unetpp_efficientnet_b3,unet3d"
+  MODELS="--steps=50 --batch=16 --dtype=bfloat16 --only=Buda,unext,unet3d,unetpp_efficientnet_b3"
   LOOP="--bench_steps=50"
 fi
 
-phase() {  # name, seconds, command...
-  local name=$1 limit=$2
+phase() {  # name, seconds, command... -> the command's exit status
+  local name=$1 limit=$2 rc
   shift 2
-  echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)"
-  timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
-  echo "   exit $?; last lines:"
-  tail -n 15 "$OUT/$name.log" | sed 's/^/   /'
+  echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
+  timeout "$limit" "$@" >"$OUT/$name.tmp" 2>&1
+  rc=$?
+  cat "$OUT/$name.tmp" >>"$LOG"
+  echo "   exit $rc; last lines:"
+  grep -Ev "^ *$|^[IW][0-9]{4} " "$OUT/$name.tmp" | tail -n 12 | cut -c1-300 | sed 's/^/   /'
+  rm -f "$OUT/$name.tmp"
+  return $rc
 }
 
-phase env 30 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
-# A few model and train-step tests first: API drift in the image's newer JAX shows up here.
-phase smoke 90 $PY -m pytest -q -x -p no:cacheprovider tests/test_models.py -k "unet and not efficientnet and not 3d" tests/test_train.py
-phase vs_torch 210 $PY benchmarks/vs_torch.py $VS --out="$OUT"
-phase models 150 $PY benchmarks/models.py $MODELS --out="$OUT"
+phase env 20 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
+# API drift in the image's newer JAX / flax / orbax shows up here, in seconds, not minutes in.
+phase gate 60 $PY -c "
+from jaxseg.bench import bench_step
+from jaxseg.config import default_config
+c = default_config(); c.model.name, c.model.features = 'unet', 8
+c.data.image_size, c.data.batch_size = 64, 2
+print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; exit 1; }
+phase vs_unet 150 $PY benchmarks/vs_torch.py --models=unet $VS --out="$OUT"
+phase vs_unext 150 $PY benchmarks/vs_torch.py --models=unext $VS --out="$OUT"
 # The real loop (synthetic files in the LGG format: the real reader, Grain workers, augmentation,
 # device prefetch); reports the input-wait share of the step.
 phase loop_unet 60 $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=loop $LOOP
+phase models 90 $PY benchmarks/models.py $MODELS --out="$OUT"
 echo "== done $(date -u +%H:%M:%S)"

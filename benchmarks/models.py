@@ -14,14 +14,13 @@ mixed up. Compare models only within one file: these machines are noisy across r
 import datetime
 import json
 import os
-import subprocess
 import sys
 
 import jax
 from absl import app, flags
 
 from jaxseg import models
-from jaxseg.bench import bench_step
+from jaxseg.bench import bench_step, git_commit
 from jaxseg.config import default_config
 
 # name: (model overrides, data overrides) -- the projects' networks and input sizes.
@@ -58,14 +57,6 @@ _ONLY = flags.DEFINE_list("only", [], "substrings of suite names to run")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
 
 
-def _commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                          text=True, cwd=os.path.dirname(__file__)).stdout.strip()
-  except OSError:
-    return "unknown"
-
-
 def main(argv):
   del argv
   rows = []
@@ -91,7 +82,7 @@ def main(argv):
           f"MFU {100 * r['mfu']:.1f}%", flush=True)
   meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
           "platform": jax.devices()[0].platform, "devices": jax.device_count(),
-          "jax": jax.__version__, "commit": _commit(), "command": " ".join(sys.argv),
+          "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
           "dtype": _DTYPE.value}
   os.makedirs(_OUT.value, exist_ok=True)
   subset = "-" + "-".join(_ONLY.value) if _ONLY.value else ""

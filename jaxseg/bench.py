@@ -12,6 +12,8 @@ Results print as one line each and return as dicts (benchmarks/ collects them in
 Without a `data.root`, step, loop and data run on synthetic files in the config's format.
 """
 
+import os
+import subprocess
 import tempfile
 import time
 
@@ -22,6 +24,19 @@ from jaxseg import hardware
 from jaxseg.data import pipeline
 from jaxseg.train import step as step_lib
 from jaxseg.train.experiment import Experiment
+
+
+def git_commit() -> str:
+  """The commit the benchmark tables name: $JAXSEG_COMMIT where set (a copy of the tree without
+  its .git, as on a lent GPU machine), else git's short hash, else "unknown"."""
+  if os.environ.get("JAXSEG_COMMIT"):
+    return os.environ["JAXSEG_COMMIT"]
+  try:
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)))
+  except OSError:
+    return "unknown"
+  return out.stdout.strip() or "unknown"
 
 
 def _random_batch(exp: Experiment, seed: int = 0) -> dict:
