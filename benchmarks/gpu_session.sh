@@ -3,41 +3,61 @@
 # holds JAX with CUDA, flax, optax, orbax, PyTorch and the rest, but not grain, ml-collections or
 # nibabel: those travel as wheels that `make device-wheels` puts in .whl/ (carry: [".whl"]).
 #
-#   device run (repo root):  bash benchmarks/gpu_session.sh        timeout_s=600, carry=[".whl"]
-#   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh
+#   device run (repo root):  bash benchmarks/gpu_session.sh [PHASE ...]   timeout_s=600,
+#                            carry=[".whl"]; JAXSEG_COMMIT=<hash> names the commit in the tables
+#   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh [PHASE ...]
 #
-# Phases run in order, each under its own time limit so that one slow phase (a long compile)
-# cannot eat the lease. A first gate (one tiny train step on the GPU) ends the run at once when
-# JAX or jaxseg fails there, so that most of the lease is left for a fixed rerun. All output
-# goes to $OUT/session.log and the tables (.md/.json, rewritten after each row) to $OUT
-# (benchmarks/results/gpu-session here when OUT is unset): 7 files, under the 8 that come back.
-# The limits add up to 530 s, inside one 560 s device call.
+# Phases (default: gate vs_unet vs_unext loop models, about 560 s at most):
+#   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
+#             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)
+#   vs_unet   benchmarks/vs_torch.py, UNet, 256 px, batch 16, bfloat16: torch eager AMP with
+#   vs_unext  channels_last, and torch.compile
+#   loop      the real loop on synthetic LGG files (reader, Grain workers, augmentation, device
+#             prefetch) with LOOP_WORKERS worker processes: input-wait share of the step
+#   data      benchmarks/data.py: the LGG and GI input pipelines alone by worker count
+#   models    benchmarks/models.py over MODELS_ONLY (compile, step, MFU, memory)
+#   profile   a jax.profiler trace of 20 UNet bfloat16 steps; the .xplane.pb comes back
+# Each phase runs under its own time limit so that one slow phase (a long compile) cannot eat the
+# lease. All output goes to $OUT/session.log and the tables (.md/.json, rewritten after each
+# row) to $OUT (benchmarks/results/gpu-session here when OUT is unset): no more than the 8 files
+# that come back from a device call.
 set -u
 OUT=${OUT:-benchmarks/results/gpu-session}
 mkdir -p "$OUT"
 LOG=$OUT/session.log
-export PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 OUT
+MODELS_ONLY=${MODELS_ONLY:-Buda,unext,unet3d,unetpp_efficientnet_b3}
+LOOP_WORKERS=${LOOP_WORKERS:-4 12}
 if [ "${GPU_SESSION_DRY:-0}" = 1 ]; then
   # Same commands, tiny sizes, on this machine's venv: checks the script, not the numbers.
   PY=.venv/bin/python
   VS="--batch=2 --sizes=64 --steps=2 --torch_modes=eager"
-  MODELS="--steps=2 --batch=2 --only=Buda,unext"
-  LOOP="--config.data.batch_size=2 --config.data.image_size=64 --config.data.num_workers=0 --bench_steps=3"
+  MODELS="--steps=2 --batch=2"
+  MODELS_ONLY=Buda,unext
+  LOOP_WORKERS="0 1"
+  SMALL="--config.data.batch_size=2 --config.data.image_size=64 --bench_steps=3"
+  DATA="--configs=lgg_unet --workers=0,1 --batches=3 --step_configs= --steps=1"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || { echo "wheel install failed: run make device-wheels"; exit 1; }
   export PYTHONPATH=/tmp/site:$PWD
   PY=python3
   VS="--batch=16 --sizes=256 --dtype=bfloat16 --torch_modes=eager,compile --steps=50"
-  MODELS="--steps=50 --batch=16 --dtype=bfloat16 --only=Buda,unext,unet3d,unetpp_efficientnet_b3"
-  LOOP="--bench_steps=50"
+  MODELS="--steps=50 --batch=16 --dtype=bfloat16"
+  SMALL="--config.model.dtype=bfloat16 --bench_steps=200"
+  DATA="--configs=lgg_unet,gi_cnn_scratch --workers=0,4,8,14 --batches=40 --step_configs=lgg_unet --steps=20"
 fi
+export PY SMALL LOOP_WORKERS
 
 phase() {  # name, seconds, command... -> the command's exit status
   local name=$1 limit=$2 rc
   shift 2
   echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
-  timeout "$limit" "$@" >"$OUT/$name.tmp" 2>&1
+  if [ "$(type -t "$1")" = function ]; then  # timeout runs programs, not shell functions
+    timeout "$limit" bash -c "$(declare -f "$1"); $*" >"$OUT/$name.tmp" 2>&1
+  else
+    timeout "$limit" "$@" >"$OUT/$name.tmp" 2>&1
+  fi
   rc=$?
   cat "$OUT/$name.tmp" >>"$LOG"
   echo "   exit $rc; last lines:"
@@ -46,18 +66,41 @@ phase() {  # name, seconds, command... -> the command's exit status
   return $rc
 }
 
+loop_sweep() {
+  for w in $LOOP_WORKERS; do
+    $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=loop \
+      --config.data.num_workers="$w" $SMALL || return
+  done
+}
+
+profile_unet() {
+  local trace=/tmp/jaxseg-trace
+  rm -rf "$trace"
+  $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=step \
+    $SMALL --bench_steps=20 --profile="$trace" || return
+  # The trace sits folders deep (plugins/profile/<run>/); only two levels come back.
+  find "$trace" -name '*.xplane.pb' -exec cp {} "$OUT/unet_step.xplane.pb" \;
+  ls -l "$OUT/unet_step.xplane.pb"
+}
+
+[ $# -gt 0 ] || set -- gate vs_unet vs_unext loop models
 phase env 20 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
-# API drift in the image's newer JAX / flax / orbax shows up here, in seconds, not minutes in.
-phase gate 60 $PY -c "
+for p in "$@"; do
+  case $p in
+    gate)
+      phase gate 60 $PY -c "
 from jaxseg.bench import bench_step
 from jaxseg.config import default_config
 c = default_config(); c.model.name, c.model.features = 'unet', 8
 c.data.image_size, c.data.batch_size = 64, 2
-print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; exit 1; }
-phase vs_unet 150 $PY benchmarks/vs_torch.py --models=unet $VS --out="$OUT"
-phase vs_unext 150 $PY benchmarks/vs_torch.py --models=unext $VS --out="$OUT"
-# The real loop (synthetic files in the LGG format: the real reader, Grain workers, augmentation,
-# device prefetch); reports the input-wait share of the step.
-phase loop_unet 60 $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=loop $LOOP
-phase models 90 $PY benchmarks/models.py $MODELS --out="$OUT"
+print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; exit 1; } ;;
+    vs_unet) phase vs_unet 150 $PY benchmarks/vs_torch.py --models=unet $VS --out="$OUT" ;;
+    vs_unext) phase vs_unext 150 $PY benchmarks/vs_torch.py --models=unext $VS --out="$OUT" ;;
+    loop) phase loop 120 loop_sweep ;;
+    data) phase data 100 $PY benchmarks/data.py $DATA --out="$OUT" ;;
+    models) phase models 150 $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
+    profile) phase profile 50 profile_unet ;;
+    *) echo "unknown phase $p"; exit 2 ;;
+  esac
+done
 echo "== done $(date -u +%H:%M:%S)"

@@ -47,6 +47,15 @@ def test_normalize_per_channel_and_constant_channel():
   np.testing.assert_array_equal(y[..., 1], 0)
 
 
+def test_normalize_matches_float64_per_channel_statistics():
+  # Volumes (D, H, W, C) and images alike: every leading axis is pooled, channels kept apart.
+  x = np.random.default_rng(1).normal(3.0, [1.0, 5.0, 0.1], (6, 20, 20, 3)).astype(np.float32)
+  ref = (x - x.astype(np.float64).mean((0, 1, 2))) / x.astype(np.float64).std((0, 1, 2))
+  y = normalize(x)
+  assert y.shape == x.shape and y.dtype == np.float32
+  np.testing.assert_allclose(y, ref, atol=2e-5)
+
+
 def test_preprocess_resizes_and_normalizes():
   s = {"image": np.random.default_rng(0).integers(0, 255, (16, 16, 3)).astype(np.uint8),
        "mask": np.ones((16, 16, 1), np.float32)}

@@ -30,10 +30,14 @@ def resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarra
 
 def normalize(image: np.ndarray) -> np.ndarray:
   """Per-image, per-channel zero mean and unit variance (constant channels become zero)."""
-  axes = tuple(range(image.ndim - 1))
-  mean = image.mean(axis=axes, keepdims=True)
-  std = image.std(axis=axes, keepdims=True)
-  return ((image - mean) / np.maximum(std, 1e-6)).astype(np.float32)
+  # Channel-major copy first: numpy reduces a (pixels, 3) array across its short rows ~10x
+  # slower (2.7 vs 0.28 ms for a 256x256 RGB slice, the largest host cost of the LGG loader).
+  channels = image.shape[-1]
+  by_channel = np.ascontiguousarray(image.reshape(-1, channels).T, np.float32)
+  centred = by_channel - by_channel.mean(axis=1, keepdims=True)
+  std = np.sqrt(np.einsum("ij,ij->i", centred, centred) / centred.shape[1])
+  centred *= (1 / np.maximum(std, 1e-6))[:, None]
+  return np.ascontiguousarray(centred.T).reshape(image.shape)
 
 
 @dataclasses.dataclass(frozen=True)

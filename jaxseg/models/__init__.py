@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 
+from jaxseg import hardware
 from jaxseg.models.encoder_unet import EncoderUNet
 from jaxseg.models.encoders import ENCODERS
 from jaxseg.models.resunet import ResUNet
@@ -130,6 +131,4 @@ def forward_flops(model, variables, input_shape) -> float:
   """FLOPs of one inference forward pass on one example, from XLA's cost analysis."""
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
   fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  cost = fn.lower(variables, x).compile().cost_analysis()
-  cost = cost[0] if isinstance(cost, list) else cost
-  return float(cost.get("flops", 0.0))
+  return hardware.model_flops(fn.lower(variables, x))

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg import models
+from jaxseg import hardware, models
 from jaxseg.data import pipeline
 from jaxseg.metrics import summarize
 from jaxseg.models import pretrained
@@ -143,11 +143,10 @@ class Experiment:
   def compile_train_step(self, state, acc):
     """Ahead-of-time compile; returns (compiled, seconds, FLOPs per step or 0)."""
     t0 = time.perf_counter()
-    compiled = self.train_step.lower(state, self.abstract_batch(), acc).compile()
+    lowered = self.train_step.lower(state, self.abstract_batch(), acc)
+    compiled = lowered.compile()
     seconds = time.perf_counter() - t0
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return compiled, seconds, float((cost or {}).get("flops", 0.0))
+    return compiled, seconds, hardware.model_flops(lowered)
 
   # ---- evaluation --------------------------------------------------------------------------
   def evaluate(self, state, source) -> dict:
@@ -170,3 +169,4 @@ class Experiment:
     result = summarize(counts, names)
     result["loss"] = float(np.sum(loss_sum) / max(valid.sum(), 1))
     return result
+
