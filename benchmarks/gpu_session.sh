@@ -7,7 +7,7 @@
 #                            carry=[".whl"]; JAXSEG_COMMIT=<hash> names the commit in the tables
 #   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh [PHASE ...]
 #
-# Phases (default: gate vs_unet vs_unext loop models, about 560 s at most):
+# Phases (default: gate vs_unet vs_unext loop models, 570 s at most with env):
 #   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
 #             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)
 #   vs_unet   benchmarks/vs_torch.py, UNet, 256 px, batch 16, bfloat16: torch eager AMP with
@@ -45,7 +45,7 @@ else
   VS="--batch=16 --sizes=256 --dtype=bfloat16 --torch_modes=eager,compile --steps=50"
   MODELS="--steps=50 --batch=16 --dtype=bfloat16"
   SMALL="--config.model.dtype=bfloat16 --bench_steps=200"
-  DATA="--configs=lgg_unet,gi_cnn_scratch --workers=0,4,8,14 --batches=40 --step_configs=lgg_unet --steps=20"
+  DATA="--configs=lgg_unet,gi_cnn_scratch --workers=4,12 --batches=40 --step_configs="
 fi
 export PY SMALL LOOP_WORKERS
 
@@ -88,7 +88,7 @@ phase env 20 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, 
 for p in "$@"; do
   case $p in
     gate)
-      phase gate 60 $PY -c "
+      phase gate 40 $PY -c "
 from jaxseg.bench import bench_step
 from jaxseg.config import default_config
 c = default_config(); c.model.name, c.model.features = 'unet', 8
@@ -96,10 +96,10 @@ c.data.image_size, c.data.batch_size = 64, 2
 print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; exit 1; } ;;
     vs_unet) phase vs_unet 150 $PY benchmarks/vs_torch.py --models=unet $VS --out="$OUT" ;;
     vs_unext) phase vs_unext 150 $PY benchmarks/vs_torch.py --models=unext $VS --out="$OUT" ;;
-    loop) phase loop 120 loop_sweep ;;
-    data) phase data 100 $PY benchmarks/data.py $DATA --out="$OUT" ;;
-    models) phase models 150 $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
-    profile) phase profile 50 profile_unet ;;
+    loop) phase loop 90 loop_sweep ;;
+    data) phase data 70 $PY benchmarks/data.py $DATA --out="$OUT" ;;
+    models) phase models 140 $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
+    profile) phase profile 40 profile_unet ;;
     *) echo "unknown phase $p"; exit 2 ;;
   esac
 done
