@@ -7,7 +7,8 @@
 #                            carry=[".whl"]; JAXSEG_COMMIT=<hash> names the commit in the tables
 #   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh [PHASE ...]
 #
-# Phases (default: gate vs_unet vs_unext loop models, 570 s at most with env):
+# Phases (default: gate vs_unet vs_unext loop, 520 s at most with env; models, profile and
+# data fit a second call):
 #   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
 #             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)
 #   vs_unet   benchmarks/vs_torch.py, UNet, 256 px, batch 16, bfloat16: torch eager AMP with
@@ -83,7 +84,7 @@ profile_unet() {
   ls -l "$OUT/unet_step.xplane.pb"
 }
 
-[ $# -gt 0 ] || set -- gate vs_unet vs_unext loop models
+[ $# -gt 0 ] || set -- gate vs_unet vs_unext loop
 phase env 20 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
 for p in "$@"; do
   case $p in
@@ -96,7 +97,7 @@ c.data.image_size, c.data.batch_size = 64, 2
 print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; exit 1; } ;;
     vs_unet) phase vs_unet 150 $PY benchmarks/vs_torch.py --models=unet $VS --out="$OUT" ;;
     vs_unext) phase vs_unext 150 $PY benchmarks/vs_torch.py --models=unext $VS --out="$OUT" ;;
-    loop) phase loop 90 loop_sweep ;;
+    loop) phase loop 150 loop_sweep ;;
     data) phase data 70 $PY benchmarks/data.py $DATA --out="$OUT" ;;
     models) phase models 140 $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
     profile) phase profile 40 profile_unet ;;

@@ -1,4 +1,13 @@
-"""Peak arithmetic rates, for model FLOPs utilisation (MFU = achieved FLOP/s / peak).
+"""Model FLOPs and peak arithmetic rates, for model FLOPs utilisation (MFU = achieved FLOP/s /
+peak).
+
+Model FLOPs are counted, not taken from XLA: on GPUs XLA's cost analysis hands convolutions to
+cuDNN as custom calls and counts them as zero (seen on an H200, 2026-11-26: UNet 1.2 instead of
+23.7 GFLOP per example), so MFU read 0.7 %. `forward_flops` counts the multiply-adds of every
+convolution and matrix product in the model's forward pass (traced with the portable layer
+forms, so every backend gets the same count); a training step counts as three forward passes
+(forward, input gradient, weight gradient), the usual MFU convention. Element-wise work
+(normalisation, activations) is not counted, also as usual.
 
 Accelerators: dense (no sparsity) rates from the vendors' datasheets, per chip. float32 on
 NVIDIA GPUs is the TF32 tensor-core rate, which XLA uses for float32 matmuls and convolutions
@@ -6,18 +15,79 @@ at JAX's default precision. CPUs have no datasheet figure that XLA can reach, so
 measures one: the best of a few large matmuls in the model's dtype (`measured_peak`).
 """
 
+import contextlib
+import math
 import time
 
 import jax
 import jax.numpy as jnp
+from jax.extend import core
+
+_portable_layers = False
 
 
 def cpu_backend() -> bool:
   """Whether traced code will run on XLA's CPU backend. jaxseg writes three things differently
   there, each measured faster on CPU and not yet measured on an accelerator (BUILD.md
   performance notes): depthwise and 3-D convolutions (models/conv.py) and the
-  gradient-accumulation loop (train/step.py)."""
-  return jax.default_backend() == "cpu"
+  gradient-accumulation loop (train/step.py). False inside `portable_layers()`."""
+  return not _portable_layers and jax.default_backend() == "cpu"
+
+
+@contextlib.contextmanager
+def portable_layers():
+  """Trace with XLA's own convolutions on every backend (for counting, not for running)."""
+  global _portable_layers
+  before, _portable_layers = _portable_layers, True
+  try:
+    yield
+  finally:
+    _portable_layers = before
+
+
+# Training step = forward + input gradient + weight gradient, each about one forward's FLOPs.
+TRAIN_STEP_FORWARDS = 3
+
+
+def forward_flops(fn, *args) -> float:
+  """Multiply-add FLOPs (2 per MAC) of the convolutions and matrix products of fn(*args);
+  args may be jax.ShapeDtypeStructs."""
+  with portable_layers():
+    closed = jax.make_jaxpr(fn)(*args)
+  return _jaxpr_flops(closed.jaxpr)
+
+
+def _jaxpr_flops(jaxpr) -> float:
+  total = 0.0
+  for eqn in jaxpr.eqns:
+    name = eqn.primitive.name
+    if name == "conv_general_dilated":
+      rhs, out = eqn.invars[1].aval, eqn.outvars[0].aval
+      spec = eqn.params["dimension_numbers"].rhs_spec  # (out feature, in feature, *spatial)
+      # Each output element sums over the kernel's window and its input features per group.
+      window = math.prod(rhs.shape[d] for d in spec[2:]) * rhs.shape[spec[1]]
+      total += 2.0 * math.prod(out.shape) * window
+    elif name == "dot_general":
+      (contracting, _), _ = eqn.params["dimension_numbers"]
+      lhs = eqn.invars[0].aval
+      total += 2.0 * math.prod(eqn.outvars[0].aval.shape) * math.prod(
+          lhs.shape[d] for d in contracting)
+    else:
+      inner = [_jaxpr_flops(j) for j in _sub_jaxprs(eqn.params)]
+      if name == "cond":
+        total += max(inner, default=0.0)
+      else:
+        total += sum(inner) * (eqn.params.get("length", 1) if name == "scan" else 1)
+  return total
+
+
+def _sub_jaxprs(params):
+  for value in params.values():
+    for v in value if isinstance(value, (tuple, list)) else (value,):
+      if isinstance(v, core.ClosedJaxpr):
+        yield v.jaxpr
+      elif isinstance(v, core.Jaxpr):
+        yield v
 
 
 # device_kind substring -> {dtype: TFLOP/s}
@@ -41,21 +111,6 @@ def datasheet_peak(device_kind: str, dtype: str):
     if name.lower() in device_kind.lower():
       return PEAKS[name].get(dtype)
   return None
-
-
-def model_flops(lowered) -> float:
-  """FLOPs of a lowered (not yet compiled) jitted function, from XLA's cost analysis.
-
-  Counted on the module before XLA optimises it: on GPUs the compiled module hands convolutions
-  to cuDNN as custom calls that its cost analysis counts as zero (seen on an H200, 2026-11-26:
-  UNet 1.2 instead of 23.7 GFLOP per example); on the CPU the two counts agree within 3 %.
-  The compiled count stands in where the lowered one is missing."""
-  for analyse in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):
-    cost = analyse()
-    cost = cost[0] if isinstance(cost, list) else cost
-    if cost and cost.get("flops"):
-      return float(cost["flops"])
-  return 0.0
 
 
 def measured_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:

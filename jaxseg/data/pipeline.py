@@ -48,9 +48,19 @@ def local_batch_size(global_batch: int) -> int:
   return global_batch // n_proc
 
 
+def buffered_batches(data_cfg) -> int:
+  """Batches the training stream can hold ready ahead of its reader: each worker's read-ahead
+  plus the one it hands over."""
+  return max(data_cfg.num_workers, 1) * (_read_ahead(data_cfg) + (data_cfg.num_workers > 0))
+
+
+def _read_ahead(data_cfg) -> int:
+  return data_cfg.prefetch_buffer * 4
+
+
 def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=max(1, data_cfg.num_workers) * 2,
-                                            prefetch_buffer_size=data_cfg.prefetch_buffer * 4))
+                                            prefetch_buffer_size=_read_ahead(data_cfg)))
   if data_cfg.num_workers > 0:
     # Grain's workers read absl flags; outside an absl app (tests, notebooks) nothing parsed
     # them, so take the defaults rather than fail.

@@ -128,7 +128,7 @@ def count_params(params) -> int:
 
 
 def forward_flops(model, variables, input_shape) -> float:
-  """FLOPs of one inference forward pass on one example, from XLA's cost analysis."""
+  """Convolution and matmul FLOPs of one inference forward pass on one example (counted as
+  jaxseg.hardware.forward_flops says); `variables` may be shapes (variable_shapes)."""
   x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
-  fn = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  return hardware.model_flops(fn.lower(variables, x))
+  return hardware.forward_flops(lambda v, x: model.apply(v, x, train=False), variables, x)
