@@ -85,3 +85,17 @@ def test_datasheet_peaks_match_longest_name():
   assert hardware.datasheet_peak("NVIDIA H100 80GB HBM3", "bfloat16") == 989.0
   assert hardware.datasheet_peak("NVIDIA H200", "float32") == 494.0
   assert hardware.datasheet_peak("cpu", "float32") is None
+
+
+def test_bench_step_counts_three_forwards_per_example_and_times_both_ways():
+  from jaxseg.bench import bench_step
+  c = default_config()
+  c.model.name, c.model.features, c.model.depth = "unet", 4, 2
+  c.data.image_size, c.data.batch_size = 32, 2
+  r = bench_step(c, steps=2, warmup=1)
+  m = models.build(c.model, 3, 1)
+  per_example = models.forward_flops(m, models.variable_shapes(m, (32, 32, 3)), (32, 32, 3))
+  assert r["gflop_per_step"] * 1e9 == hardware.TRAIN_STEP_FORWARDS * per_example * 2
+  assert r["ms_per_step"] > 0 and r["ms_per_step_unsynced"] > 0
+  np.testing.assert_allclose(r["images_per_s_unsynced"], 2e3 / r["ms_per_step_unsynced"])
+  assert 0 < r["mfu"] < 1
