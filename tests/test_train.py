@@ -134,3 +134,19 @@ def test_errors_inside_the_loader_reach_the_loop_with_the_file_name(tmp_path):
     for _ in range(10):
       next(batches)
   batches.close()
+
+
+def test_prefetcher_close_ends_the_loader_workers(tmp_path):
+  import multiprocessing
+
+  from jaxseg.data import builtin
+  root = builtin.write_synthetic(str(tmp_path / "d"), patients=2, slices=4, size=32)
+  c = tiny_config(root)
+  c.data.num_workers = 1
+  exp = Experiment(c, "")
+  batches = pipeline.DevicePrefetcher(iter(pipeline.train_dataset(LGGSource(root), c.data, 0)),
+                                      exp.batch_sharding)
+  next(batches)
+  assert multiprocessing.active_children()  # the Grain worker
+  batches.close()
+  assert not multiprocessing.active_children()
