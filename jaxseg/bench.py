@@ -157,9 +157,11 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
     batches = pipeline.DevicePrefetcher(
         iter(pipeline.train_dataset(source, config.data, config.seed)), exp.batch_sharding)
     try:
-      for _ in range(warmup):
+      # Past the batches the workers buffered while starting, as in bench_data.
+      for _ in range(warmup + pipeline.buffered_batches(config.data)):
         state, acc = compiled(state, next(batches)[0], acc)
       jax.block_until_ready(state)
+      before = dict(batches.timings)
       wait, t0 = 0.0, time.perf_counter()
       for _ in range(steps):
         tw = time.perf_counter()
@@ -168,12 +170,16 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
         state, acc = compiled(state, batch, acc)
       jax.block_until_ready((state, acc))
       total = time.perf_counter() - t0
+      loader = {k: batches.timings[k] - before[k] for k in before}
     finally:
       batches.close()
+  per_batch = lambda k: 1e3 * loader[k] / max(loader["batches"], 1)  # noqa: E731
   return {"what": "loop", "model": config.model.name, "batch": config.data.batch_size,
           "image_size": config.data.image_size, "workers": config.data.num_workers,
           "images_per_s": steps * config.data.batch_size / total,
-          "ms_per_step": 1e3 * total / steps, "input_wait": wait / total, "steps": steps}
+          "ms_per_step": 1e3 * total / steps, "input_wait": wait / total, "steps": steps,
+          # The prefetch thread, per batch: waiting on Grain's workers / putting on the devices.
+          "loader_read_ms": per_batch("read_s"), "loader_transfer_ms": per_batch("transfer_s")}
 
 
 def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = None,
@@ -195,7 +201,9 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
     r = bench_loop(config, steps, workdir=workdir)
     print(f"loop  | {r['model']} b{r['batch']} {r['image_size']}px, {r['workers']} workers | "
           f"{r['ms_per_step']:.1f} ms/step | {r['images_per_s']:.1f} img/s | "
-          f"input wait {100 * r['input_wait']:.0f}%", flush=True)
+          f"input wait {100 * r['input_wait']:.0f}% | loader thread per batch: "
+          f"{r['loader_read_ms']:.1f} ms waiting on Grain, {r['loader_transfer_ms']:.1f} ms to "
+          "device", flush=True)
     results.append(r)
   if what in ("data", "all"):
     r = bench_data(config, max(steps // 2, 5), workdir=workdir)

@@ -9,6 +9,7 @@ import functools
 import queue
 import sys
 import threading
+import time
 
 import grain
 import jax
@@ -177,17 +178,25 @@ class DevicePrefetcher:
     self._queue = queue.Queue(maxsize=size)
     self._state = iterator.get_state()
     self._stop = threading.Event()
+    # Seconds the thread spent waiting on Grain and handing batches to the devices, and batches:
+    # which side of the loader is slow (jaxseg bench --what=loop reports them).
+    self.timings = {"read_s": 0.0, "transfer_s": 0.0, "batches": 0}
     self._thread = threading.Thread(target=self._fill, daemon=True)
     self._thread.start()
 
   def _fill(self):
     try:
       while not self._stop.is_set():
+        t0 = time.perf_counter()
         batch = next(self._it)
         state = self._it.get_state()
+        t1 = time.perf_counter()
         device, host = split_host(batch)
         device = jax.tree.map(
             lambda x: jax.make_array_from_process_local_data(self._sharding, x), device)
+        self.timings["read_s"] += t1 - t0
+        self.timings["transfer_s"] += time.perf_counter() - t1
+        self.timings["batches"] += 1
         self._put((device, host, state))
     except BaseException as e:  # surfaced to the consumer, with the file named by the reader
       self._put(e)
