@@ -1,9 +1,9 @@
 """Model FLOPs and peak arithmetic rates, for model FLOPs utilisation (MFU = achieved FLOP/s /
 peak).
 
-Model FLOPs are counted, not taken from XLA: on GPUs XLA's cost analysis hands convolutions to
-cuDNN as custom calls and counts them as zero (seen on an H200, 2026-11-26: UNet 1.2 instead of
-23.7 GFLOP per example), so MFU read 0.7 %. `forward_flops` counts the multiply-adds of every
+Model FLOPs are counted, not taken from XLA: on GPUs XLA hands convolutions to cuDNN as custom
+calls, which its cost analysis counts as zero (seen on an H200, 2026-11-26: UNet 1.2 instead of
+~24 GFLOP per example), so MFU read 0.7 %. `forward_flops` counts the multiply-adds of every
 convolution and matrix product in the model's forward pass (traced with the portable layer
 forms, so every backend gets the same count); a training step counts as three forward passes
 (forward, input gradient, weight gradient), the usual MFU convention. Element-wise work

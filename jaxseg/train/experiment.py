@@ -172,4 +172,3 @@ class Experiment:
     result = summarize(counts, names)
     result["loss"] = float(np.sum(loss_sum) / max(valid.sum(), 1))
     return result
-
