@@ -14,7 +14,8 @@
 #   vs_unet   benchmarks/vs_torch.py, UNet, 256 px, batch 16, bfloat16: torch eager AMP with
 #   vs_unext  channels_last, and torch.compile
 #   loop      the real loop on synthetic LGG files (reader, Grain workers, augmentation, device
-#             prefetch) with LOOP_WORKERS worker processes: input-wait share of the step
+#             prefetch) with each of LOOP_WORKERS worker counts (0: in the training process):
+#             input-wait share of the step, the prefetch thread's wait on Grain and device puts
 #   data      benchmarks/data.py: the LGG and GI input pipelines alone by worker count
 #   models    benchmarks/models.py over MODELS_ONLY (compile, step, MFU, memory)
 #   profile   a jax.profiler trace of 20 UNet bfloat16 steps; the .xplane.pb comes back
@@ -28,7 +29,9 @@ mkdir -p "$OUT"
 LOG=$OUT/session.log
 export PYTHONUNBUFFERED=1 OUT
 MODELS_ONLY=${MODELS_ONLY:-Buda,unext,unet3d,unetpp_efficientnet_b3}
-LOOP_WORKERS=${LOOP_WORKERS:-4 12}
+LOOP_WORKERS=${LOOP_WORKERS:-0 4 12}
+# The loop sweep compiles the same UNet step once per worker count: later ones hit this cache.
+export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxseg-xla-cache}
 if [ "${GPU_SESSION_DRY:-0}" = 1 ]; then
   # Same commands, tiny sizes, on this machine's venv: checks the script, not the numbers.
   PY=.venv/bin/python

@@ -223,8 +223,8 @@ class DevicePrefetcher:
     return self._state
 
   def close(self):
-    """Stops the thread, then the Grain iterator: its worker processes and the shared memory
-    they hand batches over in (left open, Python's resource tracker reports them leaked)."""
+    """Stops the thread, then the Grain iterator, which ends its worker processes (left to
+    garbage collection, they outlived the loop)."""
     self._stop.set()
     self._thread.join(timeout=5)
     if hasattr(self._it, "close"):
