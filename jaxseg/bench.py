@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from jaxseg import hardware
+from jaxseg import hardware, models
 from jaxseg.data import pipeline
 from jaxseg.train import step as step_lib
 from jaxseg.train.experiment import Experiment
@@ -83,13 +83,14 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
   unsynced = (time.perf_counter() - t0) / steps
   t = np.array(times)
   med = float(np.median(t))
-  peak, peak_source = hardware.peak_tflops(config.model.dtype)
+  dtype = models.dtype_name(config.model.dtype)
+  peak, peak_source = hardware.peak_tflops(dtype)
   n_dev = jax.device_count()
   mem = compiled.memory_analysis()
   stats = jax.devices()[0].memory_stats() or {}
   return {"what": "step", "model": config.model.name, "device": jax.devices()[0].device_kind,
           "devices": n_dev, "batch": config.data.batch_size,
-          "image_size": config.data.image_size, "dtype": config.model.dtype,
+          "image_size": config.data.image_size, "dtype": dtype,
           "compile_s": compile_s, "ms_per_step": 1e3 * med,
           "ms_p10": 1e3 * float(np.percentile(t, 10)), "ms_p90": 1e3 * float(np.percentile(t, 90)),
           "images_per_s": config.data.batch_size / med,

@@ -106,7 +106,9 @@ def default_config() -> ml_collections.ConfigDict:
   # A torchvision state dict (.pth or .safetensors) for the encoder, loaded when a run starts
   # from scratch.
   c.model.pretrained = ""
-  c.model.dtype = "float32"  # compute dtype (bfloat16 for mixed precision); params stay float32
+  # Compute dtype: auto (bfloat16 on GPUs / TPUs, float32 on CPUs), float32, bfloat16 or
+  # float16; parameters stay float32.
+  c.model.dtype = "auto"
   # unet / unet3d convolutions: xla, or patches (weight gradient as one im2col matmul; faster
   # on CPUs, where XLA's convolution weight gradient is slow; see BUILD.md's performance notes)
   c.model.conv_impl = "xla"

@@ -53,6 +53,7 @@ def trained(lgg_root, tmp_path_factory):
 def test_train_prints_progress_and_final_scores(trained):
   _, out = trained
   assert "step 2/4" in out and "img/s" in out and "ETA" in out
+  assert "computing in float32" in out  # model.dtype=auto on a CPU
   final = [line for line in out.splitlines() if line.startswith("final validation")]
   assert final and "dice" in final[0] and "iou" in final[0]
 

@@ -46,6 +46,21 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert out.dtype == jnp.float32
 
 
+def test_auto_dtype_is_bfloat16_on_accelerators_and_float32_on_cpu(monkeypatch):
+  assert default_config().model.dtype == "auto"
+  assert models.dtype_name("auto") == "float32"  # this suite runs on the CPU
+  m = models.build(_unet_cfg(features=4, depth=2, dtype="auto"), 3, 1)
+  _, inter = jax.jit(lambda v, x: m.apply(v, x, train=False, capture_intermediates=True))(
+      models.init_variables(m, (16, 16, 3)), jnp.ones((1, 16, 16, 3)))
+  assert jnp.dtype(jnp.bfloat16) not in {x.dtype for x in jax.tree.leaves(inter)}
+  for backend in ("gpu", "tpu"):
+    monkeypatch.setattr(jax, "default_backend", lambda b=backend: b)
+    assert models.dtype_name("auto") == "bfloat16"
+  assert models.dtype_name("float32") == "float32"
+  with pytest.raises(ValueError, match="model.dtype='half'"):
+    models.dtype_name("half")
+
+
 @pytest.mark.parametrize("name,kw", [("resunet", {"depth": 2}), ("unext", {}),
                                      ("unet", {"residual": True, "dropout": 0.1})])
 def test_every_family_computes_in_bfloat16_with_float32_params(name, kw):

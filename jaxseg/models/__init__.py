@@ -16,23 +16,38 @@ from jaxseg.models.unext import UNeXt
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
+def dtype_name(name: str) -> str:
+  """model.dtype resolved: "auto" (the default) is bfloat16 on GPUs and TPUs, as mixed precision
+  is by default in nnU-Net, and float32 on CPUs, where bfloat16 measured no faster (BUILD.md).
+  Parameters, optimizer state and the loss stay float32 either way."""
+  if name == "auto":
+    name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
+  if name not in DTYPES:
+    raise ValueError(f"model.dtype={name!r}; known: auto, {', '.join(DTYPES)}")
+  return name
+
+
+def compute_dtype(name: str):
+  return DTYPES[dtype_name(name)]
+
+
 # Each constructor takes (model config, input channels, output channels); input channels are
 # inferred from the data at init, so none needs them today. The same UNet and ResUNet modules
 # are 3-D networks on [B, D, H, W, C] input.
 def _unet(m, in_channels, out_channels):
   return UNet(out_channels=out_channels, features=m.features, depth=m.depth, norm=m.norm,
-              dropout=m.dropout, dtype=DTYPES[m.dtype], remat=m.remat, residual=m.residual,
+              dropout=m.dropout, dtype=compute_dtype(m.dtype), remat=m.remat, residual=m.residual,
               conv_impl=m.conv_impl)
 
 
 def _resunet(m, in_channels, out_channels):
   return ResUNet(out_channels=out_channels, features=m.features, depth=m.depth, norm=m.norm,
-                 dtype=DTYPES[m.dtype])
+                 dtype=compute_dtype(m.dtype))
 
 
 def _unext(m, in_channels, out_channels):
   return UNeXt(out_channels=out_channels, features=m.features, norm=m.norm,
-               dtype=DTYPES[m.dtype])
+               dtype=compute_dtype(m.dtype))
 
 
 def _with_encoder(decoder, encoder):
@@ -40,7 +55,7 @@ def _with_encoder(decoder, encoder):
     if in_channels != 3:
       raise ValueError(f"the {encoder} encoder takes 3 input channels, data has {in_channels}")
     return decoder(encoder=encoder, out_channels=out_channels, features=m.features,
-                   norm=m.norm, dtype=DTYPES[m.dtype])
+                   norm=m.norm, dtype=compute_dtype(m.dtype))
   return build
 
 

@@ -13,6 +13,7 @@ import time
 import jax
 import numpy as np
 
+from jaxseg import models
 from jaxseg.data import pipeline
 from jaxseg.errors import TrainingError
 from jaxseg.metrics import dice_iou
@@ -79,7 +80,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state, data_state, origin = exp.restore_or_init("latest")
   start = int(to_host(state.step))
   echo(f"model {config.model.name}: {_param_count(state):,} parameters; starting from {origin} "
-       f"at step {start}/{total} on {jax.device_count()} {jax.devices()[0].platform} device(s)")
+       f"at step {start}/{total} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+       f"computing in {models.dtype_name(config.model.dtype)}")
 
   acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
   compiled, compile_s, flops = exp.compile_train_step(state, acc)
