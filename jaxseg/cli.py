@@ -74,6 +74,17 @@ _COORDINATOR = flags.DEFINE_string(
     "detected cluster environment.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes in the run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index.")
+_COMPILATION_CACHE = flags.DEFINE_string(
+    "compilation_cache", "~/.cache/jaxseg/xla",
+    "Folder of XLA's persistent compilation cache, so that a resumed or repeated run skips "
+    "compiling its steps again; empty: off. $JAX_COMPILATION_CACHE_DIR, where set, wins.")
+
+
+def _init_compilation_cache():
+  import jax
+
+  if _COMPILATION_CACHE.value and not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(_COMPILATION_CACHE.value))
 
 
 def _init_distributed():
@@ -108,6 +119,7 @@ def main(argv):
     raise app.UsageError("--config is required")
   if command != "bench" and not _WORKDIR.value:
     raise app.UsageError(f"jaxseg {command} needs --workdir")
+  _init_compilation_cache()
   _init_distributed()
   config = _CONFIG.value
 

@@ -15,8 +15,8 @@ TINY = ["--config=configs/demo.py", "--config.data.image_size=32", "--config.mod
         "--config.train.steps=4", "--config.train.eval_every=2", "--config.train.log_every=2"]
 
 
-def jaxseg(*args, check=True):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+def jaxseg(*args, check=True, env=None):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu", **(env or {})}
   proc = subprocess.run([sys.executable, "-m", "jaxseg", *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   if check and proc.returncode:
@@ -39,7 +39,8 @@ def test_help_lists_every_flag():
   out = jaxseg("--help", check=False).stdout
   for flag in ("--config", "--workdir", "--checkpoint", "--split", "--input", "--output",
                "--[no]overlay", "--what", "--bench_steps", "--coordinator_address", "--sweep",
-               "--sweep_index", "--[no]per_case", "--[no]tta", "--ensemble", "--layers"):
+               "--sweep_index", "--[no]per_case", "--[no]tta", "--ensemble", "--layers",
+               "--compilation_cache"):
     assert flag in out, flag
 
 
@@ -95,13 +96,17 @@ def test_predict_writes_masks_of_the_input_size_and_overlays(trained, lgg_root, 
 
 
 def test_bench_prints_step_loop_and_data_numbers(tmp_path):
-  out = jaxseg("bench", *TINY, "--bench_steps=3", f"--profile={tmp_path / 'trace'}").stdout
+  # Every compile goes to the given cache folder (these tiny ones are under XLA's 1 s default).
+  out = jaxseg("bench", *TINY, "--bench_steps=3", f"--profile={tmp_path / 'trace'}",
+               f"--compilation_cache={tmp_path / 'xla'}",
+               env={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}).stdout
   assert "ms/step" in out and "GFLOP/step" in out and "compile" in out
   assert "MFU" in out and "measured" in out and "step memory" in out  # CPU: measured peak
   assert "input wait" in out and "samples/s per worker core" in out
   assert "ms waiting on Grain" in out and "ms to device" in out  # the loader thread's split
   traces = [p for p in (tmp_path / "trace").rglob("*") if p.is_file()]
   assert traces and any(p.stat().st_size > 0 for p in traces)  # the profiler trace
+  assert any("train_step" in p.name for p in (tmp_path / "xla").iterdir())
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path, lgg_root):
