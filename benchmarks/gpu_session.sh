@@ -7,7 +7,7 @@
 #                            carry=[".whl"]; JAXSEG_COMMIT=<hash> names the commit in the tables
 #   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh [PHASE ...]
 #
-# Phases (default: gate vs_unet vs_unext loop, 520 s at most with env; models, profile and
+# Phases (default: gate vs_unet vs_unext loop, 510 s at most with env; models, profile and
 # data fit a second call):
 #   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
 #             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)

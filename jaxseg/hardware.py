@@ -115,8 +115,7 @@ def datasheet_peak(device_kind: str, dtype: str):
 
 def measured_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
   """TFLOP/s of the best of `repeats` n x n matmuls on the default device."""
-  dt = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[dtype]
-  a = jnp.ones((n, n), dt)
+  a = jnp.ones((n, n), jnp.dtype(dtype))
   f = jax.jit(lambda a: a @ a)
   f(a).block_until_ready()
   best = float("inf")
