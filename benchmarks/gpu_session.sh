@@ -19,6 +19,7 @@
 #   data      benchmarks/data.py: the LGG and GI input pipelines alone by worker count
 #   models    benchmarks/models.py over MODELS_ONLY (compile, step, MFU, memory)
 #   profile   a jax.profiler trace of 20 UNet bfloat16 steps; the .xplane.pb comes back
+#   flags     the UNet bfloat16 step (synced and unsynced) under each XLA flag set of FLAG_SETS
 # Each phase runs under its own time limit so that one slow phase (a long compile) cannot eat the
 # lease. All output goes to $OUT/session.log and the tables (.md/.json, rewritten after each
 # row) to $OUT (benchmarks/results/gpu-session here when OUT is unset): no more than the 8 files
@@ -29,7 +30,7 @@ mkdir -p "$OUT"
 LOG=$OUT/session.log
 export PYTHONUNBUFFERED=1 OUT
 MODELS_ONLY=${MODELS_ONLY:-Buda,unext,unet3d,unetpp_efficientnet_b3}
-LOOP_WORKERS=${LOOP_WORKERS:-0 4 12}
+LOOP_WORKERS=${LOOP_WORKERS:-0 4 8}
 # The loop sweep compiles the same UNet step once per worker count: later ones hit this cache.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxseg-xla-cache}
 if [ "${GPU_SESSION_DRY:-0}" = 1 ]; then
@@ -77,6 +78,21 @@ loop_sweep() {
   done
 }
 
+# The UNet step under XLA flag sets (FLAG_SETS, ';'-separated, "-" = none): CUDA-graph command
+# buffers are the XLA lever for the launch gaps (idle 22 % of the synced step on the H200).
+FLAG_SETS=${FLAG_SETS:-"-;--xla_gpu_enable_command_buffer=;--xla_gpu_enable_command_buffer=+CUDNN,+CUSTOM_CALL"}
+export FLAG_SETS
+flags_sweep() {
+  local f sets
+  IFS=';' read -ra sets <<<"$FLAG_SETS"
+  for f in "${sets[@]}"; do
+    [ "$f" = - ] && f=
+    echo "XLA_FLAGS extra: ${f:-none}"
+    XLA_FLAGS="${XLA_FLAGS:-} $f" $PY -m jaxseg bench --config=configs/lgg_unet.py \
+      --config.data.root= --what=step $SMALL || echo "(failed)"
+  done
+}
+
 profile_unet() {
   local trace=/tmp/jaxseg-trace
   rm -rf "$trace"
@@ -104,6 +120,7 @@ print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; e
     data) phase data 70 $PY benchmarks/data.py $DATA --out="$OUT" ;;
     models) phase models 140 $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
     profile) phase profile 40 profile_unet ;;
+    flags) phase flags 120 flags_sweep ;;
     *) echo "unknown phase $p"; exit 2 ;;
   esac
 done

@@ -45,9 +45,9 @@ def _random_batch(exp: Experiment, seed: int = 0) -> dict:
   batch = {"image": rng.normal(size=shapes["image"].shape).astype(np.float32)}
   if exp.config.data.task == "multiclass":
     batch["mask"] = rng.integers(0, exp.config.data.num_classes,
-                                 shapes["mask"].shape).astype(np.float32)
+                                 shapes["mask"].shape).astype(np.uint8)
   else:
-    batch["mask"] = (rng.random(shapes["mask"].shape) < 0.2).astype(np.float32)
+    batch["mask"] = (rng.random(shapes["mask"].shape) < 0.2).astype(np.uint8)
   return jax.device_put(batch, exp.batch_sharding)
 
 
@@ -154,7 +154,8 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
     config, exp, source = _train_source(config, workdir or tmp)
     state = exp.init_state()
     acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
-    compiled, _, _ = exp.compile_train_step(state, acc)
+    compiled, _, _ = exp.compile_train_step(state, acc,
+                                            pipeline.image_dtype(source, config.data))
     batches = pipeline.DevicePrefetcher(
         iter(pipeline.train_dataset(source, config.data, config.seed)), exp.batch_sharding)
     try:

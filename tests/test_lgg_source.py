@@ -35,7 +35,7 @@ def test_scan_reads_real_layout_sorted_by_slice_number(tmp_path):
   src = LGGSource(str(tmp_path))
   sample = src[0]
   assert sample["image"].shape == (16, 16, 3) and sample["image"].dtype == np.uint8
-  assert sample["mask"].shape == (16, 16, 1) and sample["mask"].dtype == np.float32
+  assert sample["mask"].shape == (16, 16, 1) and sample["mask"].dtype == np.uint8
   assert set(np.unique(sample["mask"])) == {0.0, 1.0}
   assert sample["mask"].sum() == 16
   assert sample["case_id"] == "TCGA_CS_4941_19960909"

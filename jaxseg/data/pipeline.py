@@ -29,6 +29,25 @@ SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource,
 HOST_KEYS = ("case_id", "slice")
 
 
+def zscore_on_device(data_cfg) -> bool:
+  """Whether the per-image z-score runs in the jitted steps instead of the loader: where the
+  host transforms after it (flips and 90-degree turns) only move pixels, so the statistics, and
+  the result, are the same. Warps with zero fill, patches and intensity transforms on the host
+  keep it there. Shipping the images un-normalised lets them stay uint8 (LGG) through the loader."""
+  aug = data_cfg.augment
+  host_warps_or_noise = not aug.on_device and (aug.ssr or aug.elastic_or_grid or aug.noise_or_blur)
+  return (data_cfg.normalize == "zscore" and not data_cfg.patch and not host_warps_or_noise
+          and not aug.brightness_contrast and not aug.gamma)
+
+
+def image_dtype(source, data_cfg) -> np.dtype:
+  """The dtype of the training batches' images (the compiled step is built for it): float32, or
+  the source's own where the z-score runs on the device. Reads one sample."""
+  if not zscore_on_device(data_cfg) or len(source) == 0:
+    return np.dtype(np.float32)
+  return Preprocess.from_config(data_cfg, True).map(source[0])["image"].dtype
+
+
 def build_source(data_cfg, workdir: str):
   if data_cfg.source not in SOURCES:
     raise ValueError(f"data.source={data_cfg.source!r}; known: {sorted(SOURCES)}")
@@ -119,7 +138,7 @@ def _train_records(source, data_cfg, seed: int) -> grain.MapDataset:
 def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   """An endless, augmented stream of this host's training batches."""
   ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
-  ds = ds.map(Preprocess.from_config(data_cfg))
+  ds = ds.map(Preprocess.from_config(data_cfg, zscore_on_device(data_cfg)))
   if data_cfg.patch:
     ds = ds.random_map(RandomPatch(tuple(data_cfg.patch), data_cfg.patch_foreground))
   ds = ds.random_map(train_recipe(data_cfg.augment))
@@ -137,7 +156,8 @@ def eval_batches(source, data_cfg):
   bs = local_batch_size(data_cfg.eval_batch_size)
   per_host = -(-len(source) // n_proc)
   n_batches = -(-per_host // bs)
-  ds = grain.MapDataset.source(source)[pid::n_proc].map(Preprocess.from_config(data_cfg))
+  ds = grain.MapDataset.source(source)[pid::n_proc].map(
+      Preprocess.from_config(data_cfg, zscore_on_device(data_cfg)))
   it = iter(_to_iter(ds, data_cfg))
   for _ in range(n_batches):
     items = [x for x in (next(it, None) for _ in range(bs)) if x is not None]

@@ -1,7 +1,8 @@
 """Host-side sample transforms, as Grain map / random-map transforms.
 
-Samples are dicts of numpy arrays, channels last: image float32 [H, W, C], mask float32
-[H, W, K]. Geometric transforms move image and mask together; intensity transforms leave masks
+Samples are dicts of numpy arrays, channels last: image [H, W, C] (float32 after Preprocess,
+or the source's integer dtype where its z-score is left to the device), mask uint8 [H, W, K]
+(0/1 channels, or class labels in one channel). Geometric transforms move image and mask together; intensity transforms leave masks
 alone. Random transforms draw from the numpy Generator Grain passes in, which Grain seeds per
 record and epoch, so results do not depend on the number of worker processes.
 """
@@ -16,7 +17,8 @@ from jaxseg.data import geometry
 
 
 def resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
-  """Resizes [H, W, C] to [size[0], size[1], C]; bilinear for images, nearest for masks."""
+  """Resizes [H, W, C] to [size[0], size[1], C]; bilinear for images (float32 out), nearest for
+  masks (their dtype kept)."""
   if array.shape[:2] == tuple(size):
     return array
   resample = Image.NEAREST if nearest else Image.BILINEAR
@@ -25,7 +27,8 @@ def resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarra
                  .resize((size[1], size[0]), resample))
       for c in range(array.shape[-1])
   ]
-  return np.stack(channels, axis=-1)
+  out = np.stack(channels, axis=-1)
+  return out.astype(array.dtype) if nearest else out
 
 
 def normalize(image: np.ndarray) -> np.ndarray:
@@ -40,34 +43,57 @@ def normalize(image: np.ndarray) -> np.ndarray:
   return np.ascontiguousarray(centred.T).reshape(image.shape)
 
 
+def normalize_device(images, eps: float = 1e-6):
+  """`normalize`'s twin in jax for a batch [B, *spatial, C] of any dtype -> float32: each
+  example's channels over all its spatial axes."""
+  import jax.numpy as jnp
+  x = images.astype(jnp.float32)
+  axes = tuple(range(1, x.ndim - 1))
+  centred = x - x.mean(axis=axes, keepdims=True)
+  std = jnp.sqrt(jnp.mean(centred * centred, axis=axes, keepdims=True))
+  # A constant channel's float32 mean can be off by an ulp (numpy's pairwise sum is not), which
+  # divided by eps is no longer ~0: make it exactly the host's zeros (centred * 0 keeps a NaN
+  # image NaN, so train.nan_policy still sees it).
+  return jnp.where(std > eps, centred / jnp.maximum(std, eps), centred * 0)
+
+
 @dataclasses.dataclass(frozen=True)
 class Preprocess(grain.transforms.Map):
   """Any image -> float32; 2-D images resized to `size` (0 keeps the native size; volumes keep
   the shape their source gives them); `normalize`: 'zscore' per image and channel, or 'none'
-  (for sources that normalise themselves, such as Decathlon's brain-voxel z-score)."""
+  (for sources that normalise themselves, such as Decathlon's brain-voxel z-score).
+
+  With `zscore_on_device` the z-score is left to the jitted step (`normalize_device`) and a
+  uint8 image nothing else here touches stays uint8: an LGG batch is then a quarter of its
+  float32 bytes to copy through Grain's shared memory and onto the devices. Masks keep the
+  source's uint8 either way; the steps cast both on the device."""
 
   size: int = 0
   normalize: str = "zscore"
   clahe_clip: float = 0.0  # > 0: CLAHE with this clip limit on every image, train and test
   clahe_tiles: int = 8
+  zscore_on_device: bool = False
 
   @classmethod
-  def from_config(cls, data_cfg) -> "Preprocess":
+  def from_config(cls, data_cfg, zscore_on_device: bool = False) -> "Preprocess":
     return cls(data_cfg.image_size, data_cfg.normalize, data_cfg.clahe_clip,
-               data_cfg.clahe_tiles)
+               data_cfg.clahe_tiles, zscore_on_device)
 
   def map(self, sample: dict) -> dict:
-    image = sample["image"].astype(np.float32)
-    mask = sample["mask"].astype(np.float32)
-    if self.size and image.ndim == 3:
+    if self.normalize not in ("zscore", "none"):
+      raise ValueError(f"data.normalize={self.normalize!r}; known: zscore, none")
+    image, mask = sample["image"], sample["mask"]
+    resized = bool(self.size) and image.ndim == 3 and image.shape[:2] != (self.size,) * 2
+    if not (self.zscore_on_device and image.dtype == np.uint8 and not resized
+            and self.clahe_clip <= 0):
+      image = image.astype(np.float32)
+    if resized:
       image = resize(image, (self.size, self.size), nearest=False)
       mask = resize(mask, (self.size, self.size), nearest=True)
     if self.clahe_clip > 0:
       image = clahe(image, self.clahe_clip, self.clahe_tiles)
-    if self.normalize == "zscore":
+    if self.normalize == "zscore" and not self.zscore_on_device:
       image = normalize(image)
-    elif self.normalize != "none":
-      raise ValueError(f"data.normalize={self.normalize!r}; known: zscore, none")
     return {**sample, "image": image, "mask": mask}
 
 

@@ -58,6 +58,7 @@ class Experiment:
                        f"{self.mesh.shape[parallel.DATA_AXIS]} devices x train.grad_accum="
                        f"{tc.grad_accum} micro-batches")
     r, b = self.replicated, self.batch_sharding
+    zscore = pipeline.zscore_on_device(d)
     self.train_step = jax.jit(
         step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr,
                                  accum_steps=tc.grad_accum,
@@ -65,9 +66,10 @@ class Experiment:
                                  frozen_stats=frozen_stats,
                                  device_aug=d.augment if d.augment.on_device and (
                                      d.augment.ssr or d.augment.elastic_or_grid
-                                     or d.augment.noise_or_blur) else None),
+                                     or d.augment.noise_or_blur) else None,
+                                 zscore=zscore),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
-    self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr),
+    self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr, zscore),
                              in_shardings=(r, b), out_shardings=(b, r))
     self.predict_fn = jax.jit(step_lib.make_predict_fn(self.model, d.task),
                               in_shardings=(r, b), out_shardings=b)
@@ -132,19 +134,22 @@ class Experiment:
     return jax.tree.map(
         lambda x: jax.make_array_from_process_local_data(self.batch_sharding, x), batch)
 
-  def abstract_batch(self) -> dict:
+  def abstract_batch(self, image_dtype=jnp.float32) -> dict:
+    """The training batch's shapes and dtypes (images arrive as the loader gives them: float32,
+    or the source's integer dtype where the z-score runs on the device; masks uint8)."""
     bs = self.config.data.batch_size
     # Multi-class masks are integer labels with a trailing axis, others one channel per class.
     k = 1 if self.config.data.task == "multiclass" else self.config.data.num_classes
     mask_shape = (bs, *self.input_shape[:-1], k)
     mk = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=self.batch_sharding)  # noqa: E731
-    return {"image": mk((bs, *self.input_shape), jnp.float32), "mask": mk(mask_shape, jnp.float32)}
+    return {"image": mk((bs, *self.input_shape), image_dtype), "mask": mk(mask_shape, jnp.uint8)}
 
-  def compile_train_step(self, state, acc):
-    """Ahead-of-time compile; returns (compiled, seconds, model FLOPs per step: three forward
-    passes over the global batch, jaxseg.hardware's convention)."""
+  def compile_train_step(self, state, acc, image_dtype=jnp.float32):
+    """Ahead-of-time compile for batches with `image_dtype` images; returns (compiled, seconds,
+    model FLOPs per step: three forward passes over the global batch, jaxseg.hardware's
+    convention)."""
     t0 = time.perf_counter()
-    compiled = self.train_step.lower(state, self.abstract_batch(), acc).compile()
+    compiled = self.train_step.lower(state, self.abstract_batch(image_dtype), acc).compile()
     seconds = time.perf_counter() - t0
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     per_example = models.forward_flops(self.model, variables, self.input_shape)

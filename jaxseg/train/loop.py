@@ -84,7 +84,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
        f"computing in {models.dtype_name(config.model.dtype)}")
 
   acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
-  compiled, compile_s, flops = exp.compile_train_step(state, acc)
+  compiled, compile_s, flops = exp.compile_train_step(
+      state, acc, pipeline.image_dtype(sources["train"], config.data))
   echo(f"train step compiled in {compile_s:.1f}s; {flops / 1e9:.1f} GFLOP per step")
 
   train_iter = iter(pipeline.train_dataset(sources["train"], config.data, config.seed))

@@ -40,6 +40,14 @@ def micro_batches(batch: dict, n: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def device_inputs(batch: dict, zscore: bool) -> dict:
+  """The batch as the model and loss take it: float32 images (z-scored here when the loader left
+  it to the device, jaxseg.data.pipeline.zscore_on_device) and float32 masks (uint8 in transit)."""
+  image = batch["image"]
+  image = transforms.normalize_device(image) if zscore else image.astype(jnp.float32)
+  return {**batch, "image": image, "mask": batch["mask"].astype(jnp.float32)}
+
+
 def device_augment(batch: dict, rng, aug) -> dict:
   """data.augment on the device, per example, the twins of the host transforms: shift-scale-
   rotate (probability aug.ssr), one of {elastic, grid distortion} (aug.elastic_or_grid), one of
@@ -88,13 +96,15 @@ def device_augment(batch: dict, rng, aug) -> dict:
 
 
 def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_steps: int = 1,
-                    skip_nonfinite: bool = False, frozen_stats=None, device_aug=None):
+                    skip_nonfinite: bool = False, frozen_stats=None, device_aug=None,
+                    zscore: bool = False):
   """The train step. With accum_steps > 1 the batch is split into micro-batches whose gradients
   are averaged before one optimizer update (BatchNorm then sees micro-batch statistics, as in
   PyTorch). With skip_nonfinite a step whose loss or gradients are not finite leaves the state
   unchanged (and is counted) instead of poisoning it. `frozen_stats` (a batch_stats-shaped tree
   of Python bools) keeps the statistics of frozen layers as they were. `device_aug` (the
-  data.augment config) runs shift-scale-rotate inside the step."""
+  data.augment config) runs shift-scale-rotate inside the step. `zscore`: the batch's images
+  arrive un-normalised (see device_inputs)."""
 
   def grads_and_stats(params, batch_stats, batch, rng):
     def loss_fn(params):
@@ -108,6 +118,7 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_step
 
   def train_step(state, batch, acc):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    batch = device_inputs(batch, zscore)
     if device_aug is not None:
       batch = device_augment(batch, jax.random.fold_in(rng, 1 << 30), device_aug)
     if accum_steps == 1:
@@ -156,9 +167,10 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_step
   return train_step
 
 
-def make_eval_step(model, task: str, loss_cfg, threshold: float):
+def make_eval_step(model, task: str, loss_cfg, threshold: float, zscore: bool = False):
   def eval_step(state, batch):
     """Per-example counts [B, K, 3] (zero on padding rows) and the summed loss."""
+    batch = device_inputs(batch, zscore)
     logits = model.apply(_variables(state.batch_stats, state.params), batch["image"], train=False)
     valid = batch["valid"]
     counts = metrics.confusion(logits, batch["mask"], task, threshold)

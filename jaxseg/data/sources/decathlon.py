@@ -189,7 +189,7 @@ class DecathlonSource:
       image, label = self.load(v)
       image, label, case = image[z], label[z], self.volumes[v].case_id
     image = np.asarray(image[..., list(self.modalities)], np.float32)
-    return {"image": image, "mask": np.asarray(label, np.float32)[..., None], "case_id": case,
+    return {"image": image, "mask": np.asarray(label, np.uint8)[..., None], "case_id": case,
             "slice": z}
 
   def subset(self, case_ids) -> "DecathlonSource":

@@ -106,7 +106,10 @@ class FolderSource:
       mask = (mask > 0)[..., None]
     elif mask.ndim == 2:
       mask = mask[..., None]
-    return {"image": image, "mask": mask.astype(np.float32), "case_id": case, "slice": i}
+    if mask.max(initial=0) > 255 or mask.min(initial=0) < 0:
+      raise DataError(f"{mask_path}: mask values span {mask.min()}..{mask.max()}; labels must be "
+                      "0..255")
+    return {"image": image, "mask": mask.astype(np.uint8), "case_id": case, "slice": i}
 
   def subset(self, case_ids) -> "FolderSource":
     return FolderSource(self.root, self.in_channels, self.task, self.case_pattern, case_ids,

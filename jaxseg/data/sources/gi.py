@@ -169,7 +169,7 @@ class GISource:
     else:
       image = np.stack([read_png16(self._slice_path(rec, rec.index + d), rec.shape)
                         for d in (-1, 0, 1)], axis=-1)
-    mask = np.stack([rle.decode(r, rec.shape) for r in rec.rles], axis=-1).astype(np.float32)
+    mask = np.stack([rle.decode(r, rec.shape) for r in rec.rles], axis=-1).astype(np.uint8)
     return {"image": image, "mask": mask, "case_id": rec.case_id, "slice": rec.index}
 
   def subset(self, case_ids) -> "GISource":

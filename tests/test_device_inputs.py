@@ -1,0 +1,80 @@
+"""The per-image z-score in the jitted step (uint8 images through the loader) gives what the host
+z-score gave, and runs only where the host transforms after it cannot change the statistics."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from jaxseg.data import pipeline, transforms
+from jaxseg.data.sources.lgg import LGGSource
+from jaxseg.train import step as step_lib
+from jaxseg.train.experiment import Experiment
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 24, 3), (2, 5, 12, 12, 2)])
+def test_device_zscore_equals_host_zscore(shape):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, shape).astype(np.uint8)
+  images[0, ..., 1] = 7  # a constant channel becomes zeros on both sides
+  host = np.stack([transforms.normalize(x.astype(np.float32)) for x in images])
+  device = np.asarray(transforms.normalize_device(jnp.asarray(images)))
+  assert device.dtype == np.float32
+  np.testing.assert_allclose(device, host, atol=2e-5)
+  assert not device[0, ..., 1].any()
+  nan = transforms.normalize_device(jnp.full((1, 4, 4, 1), jnp.nan))
+  assert np.isnan(np.asarray(nan)).all()  # bad input stays visible to train.nan_policy
+
+
+def test_zscore_goes_to_the_device_only_where_host_transforms_keep_the_statistics(lgg_root):
+  c = tiny_config(lgg_root).data
+  assert pipeline.zscore_on_device(c)  # flips and 90-degree turns only move pixels
+  c.augment.ssr = 0.5  # a zero-filled warp on the host changes them
+  assert not pipeline.zscore_on_device(c)
+  c.augment.on_device = True  # the warp runs in the step, after the device z-score
+  assert pipeline.zscore_on_device(c)
+  for key, value in [("augment.gamma", 0.3), ("augment.brightness_contrast", 0.3),
+                     ("normalize", "none"), ("patch", (16, 16))]:
+    other = c.copy_and_resolve_references()
+    sub, _, name = key.rpartition(".")
+    setattr(other[sub] if sub else other, name, value)
+    assert not pipeline.zscore_on_device(other), key
+
+
+def test_loader_ships_uint8_and_the_step_sees_the_host_normalised_batch(lgg_root):
+  c = tiny_config(lgg_root)
+  src = LGGSource(lgg_root)
+  batch = next(iter(pipeline.train_dataset(src, c.data, seed=0)))
+  assert batch["image"].dtype == np.uint8 and batch["mask"].dtype == np.uint8
+  assert pipeline.image_dtype(src, c.data) == np.uint8
+  on_device = step_lib.device_inputs(jax.tree.map(jnp.asarray, {
+      "image": batch["image"], "mask": batch["mask"]}), zscore=True)
+  host = np.stack([transforms.normalize(x.astype(np.float32)) for x in batch["image"]])
+  np.testing.assert_allclose(np.asarray(on_device["image"]), host, atol=2e-5)
+  assert on_device["mask"].dtype == jnp.float32
+  np.testing.assert_array_equal(np.asarray(on_device["mask"]), batch["mask"])
+
+  c.data.augment.gamma = 0.5  # host intensity transform: normalised (float32) on the host
+  batch = next(iter(pipeline.train_dataset(src, c.data, seed=0)))
+  assert batch["image"].dtype == np.float32 and pipeline.image_dtype(src, c.data) == np.float32
+
+
+def test_train_step_on_uint8_batch_matches_host_normalised_batch(lgg_root, tmp_path):
+  c = tiny_config(lgg_root)
+  exp = Experiment(c, str(tmp_path))
+  assert pipeline.zscore_on_device(c.data)
+  rng = np.random.default_rng(1)
+  raw = rng.integers(0, 256, (4, 32, 32, 3)).astype(np.uint8)
+  mask = (rng.random((4, 32, 32, 1)) < 0.3).astype(np.uint8)
+  host = np.stack([transforms.normalize(x.astype(np.float32)) for x in raw])
+  acc = step_lib.zero_accumulator(1)
+  plain = jax.jit(step_lib.make_train_step(exp.model, exp.tx, "binary", c.loss, 0.5))
+  s_host, acc_host = plain(exp.init_state(), {"image": host, "mask": mask.astype(np.float32)},
+                           acc)
+  s_dev, acc_dev = exp.train_step(exp.init_state(), exp.to_device({"image": raw, "mask": mask}),
+                                  acc)
+  np.testing.assert_allclose(acc_dev["loss_sum"], acc_host["loss_sum"], rtol=1e-5)
+  np.testing.assert_array_equal(acc_dev["counts"], acc_host["counts"])
+  for a, b in zip(jax.tree.leaves(s_dev.params), jax.tree.leaves(s_host.params), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
