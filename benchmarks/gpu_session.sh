@@ -118,7 +118,7 @@ print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; e
     vs_unext) phase vs_unext 150 $PY benchmarks/vs_torch.py --models=unext $VS --out="$OUT" ;;
     loop) phase loop 150 loop_sweep ;;
     data) phase data 70 $PY benchmarks/data.py $DATA --out="$OUT" ;;
-    models) phase models 140 $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
+    models) phase models ${MODELS_LIMIT:-140} $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
     profile) phase profile 40 profile_unet ;;
     flags) phase flags 120 flags_sweep ;;
     *) echo "unknown phase $p"; exit 2 ;;
