@@ -88,8 +88,10 @@ flags_sweep() {
   for f in "${sets[@]}"; do
     [ "$f" = - ] && f=
     echo "XLA_FLAGS extra: ${f:-none}"
-    XLA_FLAGS="${XLA_FLAGS:-} $f" $PY -m jaxseg bench --config=configs/lgg_unet.py \
-      --config.data.root= --what=step $SMALL || echo "(failed)"
+    # XLA reads a non-empty XLA_FLAGS that does not start with "--" as a file name (" " failed).
+    (if [ -n "$f" ]; then export XLA_FLAGS="${XLA_FLAGS:+$XLA_FLAGS }$f"; fi
+     $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=step $SMALL) \
+      || echo "(failed)"
   done
 }
 
