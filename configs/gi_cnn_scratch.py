@@ -8,8 +8,9 @@ Reference recipe: 3 multi-label outputs (large bowel, small bowel, stomach), 224
 batch 16, 30 epochs, weighted sampler 1 / organ-combination count, 80/10/10 split, best
 validation Dice kept. Conv-BN-ReLU-Dropout2d(0.1) residual blocks. Augmentation: flips and
 shift-scale-rotate (shift 0.03, scale 0.1, rotate 20 degrees, p 0.85), one of {elastic, grid
-distortion} p 0.2 (both warps on the device with --config.data.augment.on_device=true), one of
-{Gaussian noise, blur} p 0.5; CLAHE (clip 2, 8 x 8 tiles) on every image, train and test.
+distortion} p 0.2, one of {Gaussian noise, blur} p 0.5 (warps, noise and blur run in the jitted
+step on GPUs / TPUs: data.augment.on_device=auto); CLAHE (clip 2, 8 x 8 tiles) on every image,
+train and test.
 """
 
 from jaxseg.config import default_config

@@ -71,9 +71,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.augment.ssr_shift = 0.0625  # fraction of the size
   c.data.augment.ssr_scale = 0.1
   c.data.augment.ssr_rotate = 20.0  # degrees
-  # Run the geometric transforms and noise / blur inside the jitted step instead of in the
-  # Grain workers (same parameters, same warps; volumes get the in-plane warp per slice).
-  c.data.augment.on_device = False
+  # Where the geometric transforms and noise / blur run: "device" inside the jitted step,
+  # "host" in the Grain workers (same parameters, same warps; volumes get the in-plane warp per
+  # slice), "auto" the device on GPUs / TPUs (the GI recipe on the host held an H100 at 50-79 %
+  # input wait with 6-12 workers) and the host on CPUs, where the workers are the spare cores.
+  c.data.augment.on_device = "auto"
   c.data.augment.noise_or_blur = 0.0  # probability of one of {Gaussian noise, Gaussian blur}
   c.data.augment.noise_std = 0.1  # in units of the normalised image
   c.data.augment.blur_sigma = 1.0  # pixels (drawn from [sigma / 4, sigma])

@@ -32,7 +32,7 @@ def test_zscore_goes_to_the_device_only_where_host_transforms_keep_the_statistic
   assert pipeline.zscore_on_device(c)  # flips and 90-degree turns only move pixels
   c.augment.ssr = 0.5  # a zero-filled warp on the host changes them
   assert not pipeline.zscore_on_device(c)
-  c.augment.on_device = True  # the warp runs in the step, after the device z-score
+  c.augment.on_device = "device"  # the warp runs in the step, after the device z-score
   assert pipeline.zscore_on_device(c)
   for key, value in [("augment.gamma", 0.3), ("augment.brightness_contrast", 0.3),
                      ("normalize", "none"), ("patch", (16, 16))]:
@@ -78,3 +78,15 @@ def test_train_step_on_uint8_batch_matches_host_normalised_batch(lgg_root, tmp_p
   np.testing.assert_array_equal(acc_dev["counts"], acc_host["counts"])
   for a, b in zip(jax.tree.leaves(s_dev.params), jax.tree.leaves(s_host.params), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_augment_on_device_auto_is_the_device_off_cpus(lgg_root, monkeypatch):
+  aug = tiny_config(lgg_root).data.augment
+  assert aug.on_device == "auto" and not pipeline.augment_on_device(aug)  # this CPU
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert pipeline.augment_on_device(aug)
+  aug.on_device = "host"
+  assert not pipeline.augment_on_device(aug)
+  aug.on_device = "gpu"
+  with pytest.raises(ValueError, match="auto, device, host"):
+    pipeline.augment_on_device(aug)

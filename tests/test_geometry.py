@@ -63,7 +63,7 @@ def test_warps_keep_image_and_mask_aligned(warp, seed):
 def test_on_device_augmentation_in_the_train_step():
   c = default_config()
   c.data.image_size, c.data.batch_size, c.model.features, c.model.depth = 32, 2, 4, 2
-  c.data.augment.ssr, c.data.augment.on_device = 1.0, True
+  c.data.augment.ssr, c.data.augment.on_device = 1.0, "device"
   exp = Experiment(c, "")
   state = exp.init_state()
   acc = jax.device_put(step_lib.zero_accumulator(1), exp.replicated)

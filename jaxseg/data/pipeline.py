@@ -29,13 +29,23 @@ SOURCES = {"lgg": LGGSource, "gi": GISource, "decathlon": DecathlonSource,
 HOST_KEYS = ("case_id", "slice")
 
 
+def augment_on_device(aug) -> bool:
+  """data.augment.on_device resolved (see jaxseg/config.py): auto is the device off CPUs."""
+  if aug.on_device == "auto":
+    return jax.default_backend() != "cpu"
+  if aug.on_device not in ("device", "host"):
+    raise ValueError(f"data.augment.on_device={aug.on_device!r}; known: auto, device, host")
+  return aug.on_device == "device"
+
+
 def zscore_on_device(data_cfg) -> bool:
   """Whether the per-image z-score runs in the jitted steps instead of the loader: where the
   host transforms after it (flips and 90-degree turns) only move pixels, so the statistics, and
   the result, are the same. Warps with zero fill, patches and intensity transforms on the host
   keep it there. Shipping the images un-normalised lets them stay uint8 (LGG) through the loader."""
   aug = data_cfg.augment
-  host_warps_or_noise = not aug.on_device and (aug.ssr or aug.elastic_or_grid or aug.noise_or_blur)
+  host_warps_or_noise = not augment_on_device(aug) and (aug.ssr or aug.elastic_or_grid
+                                                        or aug.noise_or_blur)
   return (data_cfg.normalize == "zscore" and not data_cfg.patch and not host_warps_or_noise
           and not aug.brightness_contrast and not aug.gamma)
 
@@ -141,7 +151,7 @@ def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   ds = ds.map(Preprocess.from_config(data_cfg, zscore_on_device(data_cfg)))
   if data_cfg.patch:
     ds = ds.random_map(RandomPatch(tuple(data_cfg.patch), data_cfg.patch_foreground))
-  ds = ds.random_map(train_recipe(data_cfg.augment))
+  ds = ds.random_map(train_recipe(data_cfg.augment, augment_on_device(data_cfg.augment)))
   ds = ds.batch(local_batch_size(data_cfg.batch_size), drop_remainder=True)
   return _to_iter(ds, data_cfg)
 

@@ -171,7 +171,7 @@ class FlipRot90(grain.transforms.RandomMap):
 class ShiftScaleRotate(grain.transforms.RandomMap):
   """With probability p: shift by up to `shift` of the size, scale by 1 +- `scale`, rotate by up
   to +-`rotate` degrees about the centre; zeros outside. Image bilinear, mask nearest. The same
-  warp runs on the device when data.augment.on_device is set (jaxseg.data.geometry)."""
+  warp runs on the device where data.augment.on_device resolves to it (jaxseg.data.geometry)."""
 
   p: float = 0.5
   shift: float = 0.0625
@@ -335,12 +335,13 @@ class Compose(grain.transforms.RandomMap):
     return sample
 
 
-def train_recipe(aug) -> Compose:
+def train_recipe(aug, on_device: bool = False) -> Compose:
   """data.augment as a Compose: flips / 90° turns, shift-scale-rotate, one of {elastic, grid},
   one of {noise, blur}, brightness / contrast, gamma; each with its probability. With
-  `on_device`, the warps and noise / blur run in the jitted step instead (train/step.py)."""
+  `on_device` (data.augment.on_device resolved), the warps and noise / blur run in the jitted
+  step instead (train/step.py)."""
   steps = [FlipRot90(aug.hflip, aug.vflip, aug.rot90)]
-  if not aug.on_device:
+  if not on_device:
     if aug.ssr:
       steps.append(ShiftScaleRotate(aug.ssr, aug.ssr_shift, aug.ssr_scale, aug.ssr_rotate))
     if aug.elastic_or_grid:

@@ -64,7 +64,7 @@ class Experiment:
                                  accum_steps=tc.grad_accum,
                                  skip_nonfinite=tc.nan_policy == "skip",
                                  frozen_stats=frozen_stats,
-                                 device_aug=d.augment if d.augment.on_device and (
+                                 device_aug=d.augment if pipeline.augment_on_device(d.augment) and (
                                      d.augment.ssr or d.augment.elastic_or_grid
                                      or d.augment.noise_or_blur) else None,
                                  zscore=zscore),
