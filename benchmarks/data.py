@@ -19,6 +19,7 @@ import jax
 from absl import app, flags
 
 from jaxseg.bench import bench_data, bench_step, git_commit
+from jaxseg.cli import reexec_with_malloc_defaults
 
 _CONFIGS = flags.DEFINE_list("configs", ["gi_cnn_scratch", "lgg_unet", "brats_2d", "brats_3d"],
                              "configs/ modules to measure")
@@ -75,4 +76,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks.
+  reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -29,6 +29,8 @@ import sys
 
 from absl import app, flags
 
+from jaxseg.cli import reexec_with_malloc_defaults
+
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
@@ -142,4 +144,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks.
+  reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -21,6 +21,7 @@ from absl import app, flags
 
 from jaxseg import models
 from jaxseg.bench import bench_step, git_commit
+from jaxseg.cli import reexec_with_malloc_defaults
 from jaxseg.config import default_config
 
 # name: (model overrides, data overrides) -- the projects' networks and input sizes.
@@ -107,4 +108,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks.
+  reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch_models  # noqa: E402
 
 from jaxseg.bench import bench_step, git_commit  # noqa: E402
+from jaxseg.cli import reexec_with_malloc_defaults  # noqa: E402
 from jaxseg.config import default_config  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["unet", "unext"], "models to compare")
@@ -150,4 +151,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks.
+  reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -113,3 +113,35 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, lgg_root):
   proc = jaxseg("evaluate", f"--workdir={tmp_path}", *TINY, f"--config.data.root={lgg_root}",
                 check=False)
   assert proc.returncode != 0 and "no checkpoint" in proc.stderr
+
+
+def test_cli_reexecs_once_with_huge_pages_for_malloc():
+  from jaxseg.cli import MALLOC_TUNABLE, reexec_with_malloc_defaults
+  calls = []
+  env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
+  reexec_with_malloc_defaults(env, lambda *a: calls.append(a), "linux", ["jaxseg", "bench", "-x"])
+  assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{MALLOC_TUNABLE}"
+  assert calls == [(sys.executable, [sys.executable, "-m", "jaxseg", "bench", "-x"])]
+  reexec_with_malloc_defaults(env, lambda *a: calls.append(a), "linux", ["jaxseg"])  # the child
+  assert len(calls) == 1
+  for env, platform in [({"JAXSEG_MALLOC_DEFAULTS": "0"}, "linux"),
+                        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "linux"), ({}, "darwin")]:
+    before = dict(env)
+    reexec_with_malloc_defaults(env, lambda *a: calls.append(a), platform, ["jaxseg"])
+    assert env == before and len(calls) == 1
+
+
+def test_the_reexecuted_process_has_the_tunable(tmp_path):
+  script = tmp_path / "probe.py"
+  script.write_text(
+      "import os, sys\nfrom jaxseg import cli\n"
+      "print('before: ' + os.environ.get('GLIBC_TUNABLES', '-'), flush=True)\n"
+      "cli.reexec_with_malloc_defaults(command=[sys.executable, '-c', "
+      "'import os; print(\"after: \" + os.environ[\"GLIBC_TUNABLES\"])'])\n"
+      "print('not reached')\n")
+  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",
+                                                            "JAXSEG_MALLOC_DEFAULTS")}
+  out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
+                       timeout=120)
+  assert out.returncode == 0, out.stderr
+  assert out.stdout.splitlines() == ["before: -", "after: glibc.malloc.hugetlb=1"]
