@@ -18,6 +18,10 @@ tests/test_xla_defaults.py check that):
   first-maximum gradient (layers.max_pool, after).
 - depthwise_grad: the shifted-sum depthwise conv differentiated by JAX (before) against its
   hand-written kernel gradient, the tap products summed together by variadic reductions (after).
+- malloc_hugepages: glibc's malloc in 4 KB pages (before) against transparent huge pages for
+  its large blocks (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, which the jaxseg command and these
+  scripts set by re-executing themselves; jaxseg/cli.py), where XLA's per-step temporary
+  buffers are faulted in afresh every step.
 - conv3d: XLA's 3-D convolution (before) against the sum of 2-D convolutions over the kernel's
   depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
 """
@@ -35,7 +39,7 @@ _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
 _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d",
-                                         "max_pool", "depthwise_grad"],
+                                         "max_pool", "depthwise_grad", "malloc_hugepages"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -52,7 +56,10 @@ MODELS = {
     "max_pool": _2D,
     "depthwise_grad": [("unext", {"features": 16}, {}, None),
                        ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
+    "malloc_hugepages": _2D,
 }
+# Changes that are the environment, set by the parent for the child.
+_ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
 
 
 def _flax_up_conv(features, x, dtype, name=None):
@@ -94,7 +101,7 @@ def _use_before(change: str):
   elif change == "conv3d":
     from jaxseg.models import conv
     conv.conv_nd = conv._conv
-  elif change != "xla_cpu_conv":  # that one is the environment, set by the parent
+  elif change not in _ENV_CHANGES:
     raise ValueError(change)
 
 
@@ -116,6 +123,8 @@ def _run_child(spec: dict) -> float:
   env.pop("XLA_FLAGS", None)
   if spec["change"] == "xla_cpu_conv" and spec["before"]:
     env["JAXSEG_XLA_DEFAULTS"] = "0"
+  if spec["change"] == "malloc_hugepages":
+    env["GLIBC_TUNABLES"] = f"glibc.malloc.hugetlb={0 if spec['before'] else 1}"
   out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"], env=env,
                        check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])["ms"]

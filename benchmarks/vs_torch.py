@@ -36,6 +36,9 @@ _MODELS = flags.DEFINE_list("models", ["unet", "unext"], "models to compare")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "square input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch size")
 _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per row (after warm-up)")
+_WARMUP = flags.DEFINE_integer("warmup", 10, "untimed steps first, each side (torch's eager UNeXt "
+                               "on CPU needs ~10: 118-137 img/s over the 10 steps after 3, "
+                               "170-183 over 30)")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "compute dtype (torch: autocast)")
 _MODES = flags.DEFINE_list("torch_modes", ["eager"], "eager and/or compile (torch.compile)")
@@ -48,7 +51,8 @@ _CHILD = flags.DEFINE_string("child", None, "internal: one side's measurement (J
 FEATURES = {"unet": 32, "unext": 16}
 
 
-def bench_torch(name: str, size: int, batch: int, steps: int, mode: str, dtype: str) -> dict:
+def bench_torch(name: str, size: int, batch: int, steps: int, mode: str, dtype: str,
+                warmup: int) -> dict:
   device = "cuda" if torch.cuda.is_available() else "cpu"
   model = torch_models.MODELS[name]().to(device).to(memory_format=torch.channels_last)
   opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -69,7 +73,7 @@ def bench_torch(name: str, size: int, batch: int, steps: int, mode: str, dtype: 
   fn = torch.compile(step) if mode == "compile" else step
   sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
   t0 = time.perf_counter()
-  for _ in range(3):
+  for _ in range(warmup):
     fn()
   sync()
   warm = time.perf_counter() - t0
@@ -92,11 +96,11 @@ def bench_torch(name: str, size: int, batch: int, steps: int, mode: str, dtype: 
           "params": sum(p.numel() for p in model.parameters())}
 
 
-def bench_jax(name: str, size: int, batch: int, steps: int, dtype: str) -> dict:
+def bench_jax(name: str, size: int, batch: int, steps: int, dtype: str, warmup: int) -> dict:
   c = default_config()
   c.model.name, c.model.features, c.model.dtype = name, FEATURES[name], dtype
   c.data.image_size, c.data.batch_size = size, batch
-  r = bench_step(c, steps=steps, warmup=3)
+  r = bench_step(c, steps=steps, warmup=warmup)
   return {"side": "jax", "ms_per_step": r["ms_per_step"], "images_per_s": r["images_per_s"],
           "images_per_s_unsynced": r["images_per_s_unsynced"],
           "compile_s": r["compile_s"], "mfu": r["mfu"], "device": r["device"],
@@ -118,13 +122,14 @@ def best(spec: dict, repeats: int) -> dict:
 
 def run_child(spec: dict) -> None:
   if spec["side"] == "jax":
-    r = bench_jax(spec["model"], spec["size"], spec["batch"], spec["steps"], spec["dtype"])
+    r = bench_jax(spec["model"], spec["size"], spec["batch"], spec["steps"], spec["dtype"],
+                  spec["warmup"])
   else:
     torch.set_num_threads(os.cpu_count())
     # What a PyTorch user tuning for speed sets: cuDNN picks the fastest algorithm per shape.
     torch.backends.cudnn.benchmark = True
     r = bench_torch(spec["model"], spec["size"], spec["batch"], spec["steps"], spec["mode"],
-                    spec["dtype"])
+                    spec["dtype"], spec["warmup"])
   print(json.dumps(r), flush=True)
 
 
@@ -163,7 +168,7 @@ def main(argv):
   for name in _MODELS.value:
     for size in map(int, _SIZES.value):
       spec = {"model": name, "size": size, "batch": _BATCH.value, "steps": _STEPS.value,
-              "dtype": _DTYPE.value}
+              "warmup": _WARMUP.value, "dtype": _DTYPE.value}
       j = best({**spec, "side": "jax"}, _REPEATS.value)
       meta.update(device=j["device"], platform=j["platform"], jax=j["jax"])
       for mode in _MODES.value:
