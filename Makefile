@@ -15,8 +15,10 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/jaxseg train --config=configs/demo.py --workdir=runs/demo
 
+# The tests run JAX in pytest's own process, which the jaxseg command's re-exec does not reach:
+# huge pages for malloc's large blocks (jaxseg/cli.py: MALLOC_TUNABLE) are set here instead.
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q tests
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(VENV)/bin/python -m pytest -q tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
