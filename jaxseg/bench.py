@@ -6,8 +6,10 @@
   buffer assignment for the step, and the device's own peak where it reports one (GPU, TPU).
 - loop: the real Grain pipeline with augmentation feeding the step through the device
   prefetcher, N steps, wall-clock images/s and the fraction of time spent waiting for input.
-- data: the training input pipeline alone (reading, decoding, the config's full augmentation
-  recipe, batching) with the config's worker count: samples/s and samples/s per worker core.
+- data: the training input pipeline alone (reading, decoding, the host's part of the config's
+  augmentation recipe, batching) with the config's worker count: samples/s and samples/s per
+  worker core. Where data.augment.on_device resolves to the device (GPUs, TPUs), the warps,
+  noise and blur are in the step, so only `loop` sees their cost.
 Results print as one line each and return as dicts (benchmarks/ collects them into tables).
 Without a `data.root`, step, loop and data run on synthetic files in the config's format.
 """
