@@ -174,7 +174,8 @@ def _config_sweep() -> list[dict]:
 # transparent huge pages for malloc's large blocks. XLA's CPU runtime allocates each execution's
 # temporary buffers afresh (the UNet train step at 128 px, batch 8: 461 MB), and as 4 KB pages
 # every step faulted all of them in again (118,000 minor faults and 0.18 s of kernel time per
-# step); in 2 MB pages, 720. UNeXt train step 1.65x, UNet 1.09x on this project's CPU (BUILD.md).
+# step); in 2 MB pages, ~770. Train steps on this project's CPU: UNet 1.18x / 1.26x, UNeXt
+# 1.45x / 1.30x at 128 / 256 px (BUILD.md performance notes).
 # GPU and TPU hosts only see their host-side allocations use huge pages.
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
 

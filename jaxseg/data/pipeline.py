@@ -52,7 +52,7 @@ def zscore_on_device(data_cfg) -> bool:
 
 def image_dtype(source, data_cfg) -> np.dtype:
   """The dtype of the training batches' images (the compiled step is built for it): float32, or
-  the source's own where the z-score runs on the device. Reads one sample."""
+  uint8 for a uint8 source whose z-score runs on the device. Reads one sample."""
   if not zscore_on_device(data_cfg) or len(source) == 0:
     return np.dtype(np.float32)
   return Preprocess.from_config(data_cfg, True).map(source[0])["image"].dtype

@@ -1,9 +1,9 @@
 """Host-side sample transforms, as Grain map / random-map transforms.
 
 Samples are dicts of numpy arrays, channels last: image [H, W, C] (float32 after Preprocess,
-or the source's integer dtype where its z-score is left to the device), mask uint8 [H, W, K]
-(0/1 channels, or class labels in one channel). Geometric transforms move image and mask together; intensity transforms leave masks
-alone. Random transforms draw from the numpy Generator Grain passes in, which Grain seeds per
+or uint8 where its z-score is left to the device), mask uint8 [H, W, K] (0/1 channels, or class
+labels in one channel). Geometric transforms move image and mask together; intensity
+transforms leave masks alone. Random transforms draw from the numpy Generator Grain passes in, which Grain seeds per
 record and epoch, so results do not depend on the number of worker processes.
 """
 

@@ -59,14 +59,14 @@ class Experiment:
                        f"{tc.grad_accum} micro-batches")
     r, b = self.replicated, self.batch_sharding
     zscore = pipeline.zscore_on_device(d)
+    aug = d.augment
+    device_aug = aug if pipeline.augment_on_device(aug) and (
+        aug.ssr or aug.elastic_or_grid or aug.noise_or_blur) else None
     self.train_step = jax.jit(
         step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr,
                                  accum_steps=tc.grad_accum,
                                  skip_nonfinite=tc.nan_policy == "skip",
-                                 frozen_stats=frozen_stats,
-                                 device_aug=d.augment if pipeline.augment_on_device(d.augment) and (
-                                     d.augment.ssr or d.augment.elastic_or_grid
-                                     or d.augment.noise_or_blur) else None,
+                                 frozen_stats=frozen_stats, device_aug=device_aug,
                                  zscore=zscore),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr, zscore),
@@ -136,7 +136,7 @@ class Experiment:
 
   def abstract_batch(self, image_dtype=jnp.float32) -> dict:
     """The training batch's shapes and dtypes (images arrive as the loader gives them: float32,
-    or the source's integer dtype where the z-score runs on the device; masks uint8)."""
+    or uint8 from a uint8 source whose z-score runs on the device; masks uint8)."""
     bs = self.config.data.batch_size
     # Multi-class masks are integer labels with a trailing axis, others one channel per class.
     k = 1 if self.config.data.task == "multiclass" else self.config.data.num_classes
