@@ -7,8 +7,8 @@
 #                            carry=[".whl"]; JAXSEG_COMMIT=<hash> names the commit in the tables
 #   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh [PHASE ...]
 #
-# Phases (default: gate vs_unet vs_unext loop, 510 s at most with env; models, profile and
-# data fit a second call):
+# Phases (default: gate loop_gi loop vs_unet, 410 s at most with env; vs_unext, models,
+# profile, flags and data fit a second call):
 #   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
 #             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)
 #   vs_unet   benchmarks/vs_torch.py, UNet, 256 px, batch 16, bfloat16: torch eager AMP with
@@ -16,6 +16,9 @@
 #   loop      the real loop on synthetic LGG files (reader, Grain workers, augmentation, device
 #             prefetch) with each of LOOP_WORKERS worker counts (0: in the training process):
 #             input-wait share of the step, the prefetch thread's wait on Grain and device puts
+#   loop_gi   the same for configs/gi_cnn_scratch.py (CLAHE on the host; warps, noise and blur
+#             in the step, data.augment.on_device=auto) with each of GI_WORKERS worker counts,
+#             then GI_WORKERS' last count with the recipe on the host (on_device=host)
 #   data      benchmarks/data.py: the LGG and GI input pipelines alone by worker count
 #   models    benchmarks/models.py over MODELS_ONLY (compile, step, MFU, memory)
 #   profile   a jax.profiler trace of 20 UNet bfloat16 steps; the .xplane.pb comes back
@@ -31,6 +34,7 @@ LOG=$OUT/session.log
 export PYTHONUNBUFFERED=1 OUT
 MODELS_ONLY=${MODELS_ONLY:-Buda,unext,unet3d,unetpp_efficientnet_b3}
 LOOP_WORKERS=${LOOP_WORKERS:-0 4 8}
+GI_WORKERS=${GI_WORKERS:-6 12}
 # The loop sweep compiles the same UNet step once per worker count: later ones hit this cache.
 export JAX_COMPILATION_CACHE_DIR=${JAX_COMPILATION_CACHE_DIR:-/tmp/jaxseg-xla-cache}
 if [ "${GPU_SESSION_DRY:-0}" = 1 ]; then
@@ -40,6 +44,7 @@ if [ "${GPU_SESSION_DRY:-0}" = 1 ]; then
   MODELS="--steps=2 --batch=2"
   MODELS_ONLY=Buda,unext
   LOOP_WORKERS="0 1"
+  GI_WORKERS="0 1"
   SMALL="--config.data.batch_size=2 --config.data.image_size=64 --bench_steps=3"
   DATA="--configs=lgg_unet --workers=0,1 --batches=3 --step_configs= --steps=1"
 else
@@ -52,14 +57,14 @@ else
   SMALL="--config.model.dtype=bfloat16 --bench_steps=200"
   DATA="--configs=lgg_unet,gi_cnn_scratch --workers=4,12 --batches=40 --step_configs="
 fi
-export PY SMALL LOOP_WORKERS
+export PY SMALL LOOP_WORKERS GI_WORKERS
 
 phase() {  # name, seconds, command... -> the command's exit status
   local name=$1 limit=$2 rc
   shift 2
   echo "== $name ($(date -u +%H:%M:%S), limit ${limit}s)" | tee -a "$LOG"
   if [ "$(type -t "$1")" = function ]; then  # timeout runs programs, not shell functions
-    timeout "$limit" bash -c "$(declare -f "$1"); $*" >"$OUT/$name.tmp" 2>&1
+    timeout "$limit" bash -c "$(declare -f); $*" >"$OUT/$name.tmp" 2>&1  # with every function
   else
     timeout "$limit" "$@" >"$OUT/$name.tmp" 2>&1
   fi
@@ -71,11 +76,19 @@ phase() {  # name, seconds, command... -> the command's exit status
   return $rc
 }
 
-loop_sweep() {
-  for w in $LOOP_WORKERS; do
-    $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=loop \
-      --config.data.num_workers="$w" $SMALL || return
+loop_sweep() {  # config, worker counts, extra flags...
+  local config=$1 workers=$2 w
+  shift 2
+  for w in $workers; do
+    $PY -m jaxseg bench --config="configs/$config.py" --config.data.root= --what=loop \
+      --config.data.num_workers="$w" $SMALL "$@" || return
   done
+}
+
+gi_loops() {  # the GI recipe with its warps on the device (auto), then on the host
+  loop_sweep gi_cnn_scratch "$GI_WORKERS" --bench_steps=60 &&
+    loop_sweep gi_cnn_scratch "${GI_WORKERS##* }" --bench_steps=60 \
+      --config.data.augment.on_device=host
 }
 
 # The UNet step under XLA flag sets (FLAG_SETS, ';'-separated, "-" = none): CUDA-graph command
@@ -105,7 +118,7 @@ profile_unet() {
   ls -l "$OUT/unet_step.xplane.pb"
 }
 
-[ $# -gt 0 ] || set -- gate vs_unet vs_unext loop
+[ $# -gt 0 ] || set -- gate loop_gi loop vs_unet
 phase env 20 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
 for p in "$@"; do
   case $p in
@@ -118,7 +131,8 @@ c.data.image_size, c.data.batch_size = 64, 2
 print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; exit 1; } ;;
     vs_unet) phase vs_unet 150 $PY benchmarks/vs_torch.py --models=unet $VS --out="$OUT" ;;
     vs_unext) phase vs_unext 150 $PY benchmarks/vs_torch.py --models=unext $VS --out="$OUT" ;;
-    loop) phase loop 150 loop_sweep ;;
+    loop) phase loop 150 loop_sweep lgg_unet "'$LOOP_WORKERS'" ;;
+    loop_gi) phase loop_gi 200 gi_loops ;;
     data) phase data 70 $PY benchmarks/data.py $DATA --out="$OUT" ;;
     models) phase models ${MODELS_LIMIT:-140} $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
     profile) phase profile 40 profile_unet ;;

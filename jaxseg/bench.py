@@ -180,6 +180,7 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
   per_batch = lambda k: 1e3 * loader[k] / max(loader["batches"], 1)  # noqa: E731
   return {"what": "loop", "model": config.model.name, "batch": config.data.batch_size,
           "image_size": config.data.image_size, "workers": config.data.num_workers,
+          "augment_on": "device" if pipeline.augment_on_device(config.data.augment) else "host",
           "images_per_s": steps * config.data.batch_size / total,
           "ms_per_step": 1e3 * total / steps, "input_wait": wait / total, "steps": steps,
           # The prefetch thread, per batch: waiting on Grain's workers / putting on the devices.
@@ -203,7 +204,8 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
     results.append(r)
   if what in ("loop", "all"):
     r = bench_loop(config, steps, workdir=workdir)
-    print(f"loop  | {r['model']} b{r['batch']} {r['image_size']}px, {r['workers']} workers | "
+    print(f"loop  | {r['model']} b{r['batch']} {r['image_size']}px, {r['workers']} workers, "
+          f"augmentation on the {r['augment_on']} | "
           f"{r['ms_per_step']:.1f} ms/step | {r['images_per_s']:.1f} img/s | "
           f"input wait {100 * r['input_wait']:.0f}% | loader thread per batch: "
           f"{r['loader_read_ms']:.1f} ms waiting on Grain, {r['loader_transfer_ms']:.1f} ms to "

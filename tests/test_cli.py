@@ -104,6 +104,7 @@ def test_bench_prints_step_loop_and_data_numbers(tmp_path):
   assert "MFU" in out and "measured" in out and "step memory" in out  # CPU: measured peak
   assert "input wait" in out and "samples/s per worker core" in out
   assert "ms waiting on Grain" in out and "ms to device" in out  # the loader thread's split
+  assert "augmentation on the host" in out  # data.augment.on_device=auto on a CPU
   traces = [p for p in (tmp_path / "trace").rglob("*") if p.is_file()]
   assert traces and any(p.stat().st_size > 0 for p in traces)  # the profiler trace
   assert any("train_step" in p.name for p in (tmp_path / "xla").iterdir())
