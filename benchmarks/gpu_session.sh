@@ -7,7 +7,7 @@
 #                            carry=[".whl"]; JAXSEG_COMMIT=<hash> names the commit in the tables
 #   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh [PHASE ...]
 #
-# Phases (default: gate loop_gi loop vs_unet, 410 s at most with env; vs_unext, models,
+# Phases (default: gate loop_gi loop vs_unet, 560 s at most with env; vs_unext, models,
 # profile, flags and data fit a second call):
 #   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
 #             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)
