@@ -90,3 +90,14 @@ def test_augment_on_device_auto_is_the_device_off_cpus(lgg_root, monkeypatch):
   aug.on_device = "gpu"
   with pytest.raises(ValueError, match="auto, device, host"):
     pipeline.augment_on_device(aug)
+
+
+def test_one_image_dtype_per_training_stream():
+  from jaxseg.errors import DataError
+  sample = {"image": np.zeros((8, 8, 3), np.uint16), "mask": np.zeros((8, 8, 1), np.uint8),
+            "case_id": "TCGA_X", "slice": 7}
+  strict = transforms.Preprocess(8, zscore_on_device=True, batch_dtype="uint8")
+  with pytest.raises(DataError, match="case TCGA_X, slice 7: a uint16 image"):
+    strict.map(sample)
+  loose = transforms.Preprocess(8, zscore_on_device=True, batch_dtype="float32")
+  assert loose.map({**sample, "image": np.zeros((8, 8, 3), np.uint8)})["image"].dtype == np.float32

@@ -148,7 +148,8 @@ def _train_records(source, data_cfg, seed: int) -> grain.MapDataset:
 def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   """An endless, augmented stream of this host's training batches."""
   ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
-  ds = ds.map(Preprocess.from_config(data_cfg, zscore_on_device(data_cfg)))
+  ds = ds.map(Preprocess.from_config(data_cfg, zscore_on_device(data_cfg),
+                                     str(image_dtype(source, data_cfg))))
   if data_cfg.patch:
     ds = ds.random_map(RandomPatch(tuple(data_cfg.patch), data_cfg.patch_foreground))
   ds = ds.random_map(train_recipe(data_cfg.augment, augment_on_device(data_cfg.augment)))

@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from jaxseg.data import geometry
+from jaxseg.errors import DataError
 
 
 def resize(array: np.ndarray, size: tuple[int, int], nearest: bool) -> np.ndarray:
@@ -66,18 +67,22 @@ class Preprocess(grain.transforms.Map):
   With `zscore_on_device` the z-score is left to the jitted step (`normalize_device`) and a
   uint8 image nothing else here touches stays uint8: an LGG batch is then a quarter of its
   float32 bytes to copy through Grain's shared memory and onto the devices. Masks keep the
-  source's uint8 either way; the steps cast both on the device."""
+  source's uint8 either way; the steps cast both on the device. `batch_dtype` ("uint8" or
+  "float32", the training stream's: its compiled step takes one) makes every image that dtype,
+  and a non-uint8 image in a uint8 stream an error naming the sample."""
 
   size: int = 0
   normalize: str = "zscore"
   clahe_clip: float = 0.0  # > 0: CLAHE with this clip limit on every image, train and test
   clahe_tiles: int = 8
   zscore_on_device: bool = False
+  batch_dtype: str = ""
 
   @classmethod
-  def from_config(cls, data_cfg, zscore_on_device: bool = False) -> "Preprocess":
+  def from_config(cls, data_cfg, zscore_on_device: bool = False,
+                  batch_dtype: str = "") -> "Preprocess":
     return cls(data_cfg.image_size, data_cfg.normalize, data_cfg.clahe_clip,
-               data_cfg.clahe_tiles, zscore_on_device)
+               data_cfg.clahe_tiles, zscore_on_device, batch_dtype)
 
   def map(self, sample: dict) -> dict:
     if self.normalize not in ("zscore", "none"):
@@ -94,6 +99,14 @@ class Preprocess(grain.transforms.Map):
       image = clahe(image, self.clahe_clip, self.clahe_tiles)
     if self.normalize == "zscore" and not self.zscore_on_device:
       image = normalize(image)
+    if self.batch_dtype and image.dtype != self.batch_dtype:
+      if self.batch_dtype != "float32":
+        raise DataError(
+            f"case {sample.get('case_id')}, slice {sample.get('slice')}: a "
+            f"{sample['image'].dtype} image in "
+            f"a dataset whose first image is {self.batch_dtype} (its training batches are "
+            f"{self.batch_dtype}); store every image with one dtype")
+      image = image.astype(np.float32)
     return {**sample, "image": image, "mask": mask}
 
 
