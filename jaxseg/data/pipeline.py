@@ -38,14 +38,24 @@ def augment_on_device(aug) -> bool:
   return aug.on_device == "device"
 
 
+def _warps_or_noise(aug) -> bool:
+  """Whether data.augment asks for any of the transforms on_device moves: warps, noise, blur."""
+  return bool(aug.ssr or aug.elastic_or_grid or aug.noise_or_blur)
+
+
+def device_augment_config(aug):
+  """The data.augment config for the jitted step when it runs warps, noise or blur there, else
+  None (the step then skips device_augment)."""
+  return aug if _warps_or_noise(aug) and augment_on_device(aug) else None
+
+
 def zscore_on_device(data_cfg) -> bool:
   """Whether the per-image z-score runs in the jitted steps instead of the loader: where the
   host transforms after it (flips and 90-degree turns) only move pixels, so the statistics, and
   the result, are the same. Warps with zero fill, patches and intensity transforms on the host
   keep it there. Shipping the images un-normalised lets them stay uint8 (LGG) through the loader."""
   aug = data_cfg.augment
-  host_warps_or_noise = not augment_on_device(aug) and (aug.ssr or aug.elastic_or_grid
-                                                        or aug.noise_or_blur)
+  host_warps_or_noise = _warps_or_noise(aug) and not augment_on_device(aug)
   return (data_cfg.normalize == "zscore" and not data_cfg.patch and not host_warps_or_noise
           and not aug.brightness_contrast and not aug.gamma)
 

@@ -59,14 +59,12 @@ class Experiment:
                        f"{tc.grad_accum} micro-batches")
     r, b = self.replicated, self.batch_sharding
     zscore = pipeline.zscore_on_device(d)
-    aug = d.augment
-    device_aug = aug if pipeline.augment_on_device(aug) and (
-        aug.ssr or aug.elastic_or_grid or aug.noise_or_blur) else None
     self.train_step = jax.jit(
         step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr,
                                  accum_steps=tc.grad_accum,
                                  skip_nonfinite=tc.nan_policy == "skip",
-                                 frozen_stats=frozen_stats, device_aug=device_aug,
+                                 frozen_stats=frozen_stats,
+                                 device_aug=pipeline.device_augment_config(d.augment),
                                  zscore=zscore),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
     self.eval_step = jax.jit(step_lib.make_eval_step(self.model, d.task, config.loss, thr, zscore),
