@@ -24,6 +24,8 @@ tests/test_xla_defaults.py check that):
   buffers are faulted in afresh every step.
 - conv3d: XLA's 3-D convolution (before) against the sum of 2-D convolutions over the kernel's
   depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
+- upsample_stencil: UNeXt's 2x bilinear up-sampling by jax.image.resize (before) against its
+  fixed stencil (layers.upsample2_bilinear, after).
 """
 
 import json
@@ -39,7 +41,8 @@ _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
 _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d",
-                                         "max_pool", "depthwise_grad", "malloc_hugepages"],
+                                         "max_pool", "depthwise_grad", "malloc_hugepages",
+                                         "upsample_stencil"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -57,6 +60,7 @@ MODELS = {
     "depthwise_grad": [("unext", {"features": 16}, {}, None),
                        ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
     "malloc_hugepages": _2D,
+    "upsample_stencil": [("unext", {"features": 16}, {}, None)],
 }
 # Changes that are the environment, set by the parent for the child.
 _ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
@@ -101,6 +105,11 @@ def _use_before(change: str):
   elif change == "conv3d":
     from jaxseg.models import conv
     conv.conv_nd = conv._conv
+  elif change == "upsample_stencil":
+    import jax
+    from jaxseg.models import unext
+    unext.upsample2_bilinear = lambda x: jax.image.resize(
+        x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), "bilinear")
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 

@@ -203,6 +203,20 @@ def test_upconv_is_flax_conv_transpose(shape):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), g_ours, g_ref)
 
 
+@pytest.mark.parametrize("shape", [(2, 5, 7, 3), (2, 1, 4, 2), (1, 3, 4, 5, 2)])
+def test_upsample2_bilinear_is_jax_image_resize(shape):
+  import numpy as np
+
+  from jaxseg.models.layers import upsample2_bilinear
+  x = jax.random.normal(jax.random.key(0), shape)
+  out_shape = (shape[0], *[2 * n for n in shape[1:-1]], shape[-1])
+  ref = lambda x: jax.image.resize(x, out_shape, "bilinear")  # noqa: E731
+  np.testing.assert_allclose(jax.jit(upsample2_bilinear)(x), ref(x), rtol=1e-6, atol=1e-6)
+  cot = jax.random.normal(jax.random.key(1), out_shape)
+  g = jax.vjp(upsample2_bilinear, x)[1](cot)[0]
+  np.testing.assert_allclose(g, jax.vjp(ref, x)[1](cot)[0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("shape,window,dtype", [((2, 8, 6, 3), 2, "float32"),
                                                 ((2, 9, 7, 3), 2, "float32"),
                                                 ((2, 9, 7, 3), 3, "float32"),

@@ -177,6 +177,24 @@ def up_conv(features: int, x, dtype, name=None):
   return UpConv(features, dtype, name=name)(x)
 
 
+def upsample2_bilinear(x):
+  """2x bilinear (trilinear in 3-D) up-sampling with half-pixel centres and clamped edges: the
+  values of jax.image.resize(x, 2x, "bilinear") and torch's align_corners=False. Written as its
+  fixed stencil, one axis at a time: output 2i is 3/4 x[i] + 1/4 x[i-1], output 2i+1 is
+  3/4 x[i] + 1/4 x[i+1], interleaved by a stack and a reshape. jax.image.resize computes it as
+  a matmul per axis with transposes around each, which cost XLA's CPU backend 2-4x this stencil
+  forward + backward (8 x 128^2 x 16: 15 + 21 against 4 + 8 ms, 2026-11-26)."""
+  for axis in range(1, x.ndim - 1):
+    n = x.shape[axis]
+    first, last = (jax.lax.slice_in_dim(x, i, i + 1, axis=axis) for i in (0, n - 1))
+    before = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
+    after = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis)
+    near = 0.75 * x
+    pair = jnp.stack([near + 0.25 * before, near + 0.25 * after], axis + 1)
+    x = pair.reshape(*x.shape[:axis], 2 * n, *x.shape[axis + 1:])
+  return x
+
+
 def head(features: int, x, dtype, name="head"):
   """1x1 conv to logits, returned in float32 whatever the compute dtype."""
   nd = spatial_dims(x)

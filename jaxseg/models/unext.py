@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models.conv import DepthwiseConv
-from jaxseg.models.layers import Norm, head, max_pool
+from jaxseg.models.layers import Norm, head, max_pool, upsample2_bilinear
 
 SHIFT_GROUPS = 5  # channel groups, shifted by -2..2 pixels
 
@@ -50,11 +50,6 @@ class ShiftedMLPBlock(nn.Module):
     return x + y
 
 
-def _up2(x):
-  b, h, w, c = x.shape
-  return jax.image.resize(x, (b, 2 * h, 2 * w, c), "bilinear")
-
-
 class UNeXt(nn.Module):
   out_channels: int = 1
   features: int = 16  # first stage; stages are features x (1, 2, 8, 10, 16)
@@ -84,9 +79,9 @@ class UNeXt(nn.Module):
       if i == 0:
         skips.append(x)
     for i, n in enumerate((t1, c3, c2, c1)):
-      x = nn.relu(_up2(norm(f"dec_bn{i}")(conv(n, f"dec_conv{i}")(x), train)))
+      x = nn.relu(upsample2_bilinear(norm(f"dec_bn{i}")(conv(n, f"dec_conv{i}")(x), train)))
       x = x + skips[3 - i]
       if i < 2:
         x = ln(f"dec_token_norm{i}")(ShiftedMLPBlock(dt, name=f"dec_token_block{i}")(x))
-    x = nn.relu(_up2(conv(c1, "dec_conv4")(x)))
+    x = nn.relu(upsample2_bilinear(conv(c1, "dec_conv4")(x)))
     return head(self.out_channels, x, dt)
