@@ -26,6 +26,10 @@ tests/test_xla_defaults.py check that):
   depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
 - upsample_stencil: UNeXt's 2x bilinear up-sampling by jax.image.resize (before) against its
   fixed stencil (layers.upsample2_bilinear, after).
+- pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
+  nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
+  (layers.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
+  producer inside the batch-minor copy it makes for a convolution's weight gradient.
 """
 
 import json
@@ -42,7 +46,7 @@ _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
 _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d",
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
-                                         "upsample_stencil"],
+                                         "upsample_stencil", "pool_head"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -61,6 +65,7 @@ MODELS = {
                        ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
     "malloc_hugepages": _2D,
     "upsample_stencil": [("unext", {"features": 16}, {}, None)],
+    "pool_head": _2D,
 }
 # Changes that are the environment, set by the parent for the child.
 _ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
@@ -70,6 +75,12 @@ def _flax_up_conv(features, x, dtype, name=None):
   import flax.linen as nn
   nd = x.ndim - 2
   return nn.ConvTranspose(features, (2,) * nd, strides=(2,) * nd, dtype=dtype, name=name)(x)
+
+
+def _flax_head(features, x, dtype, name="head"):
+  import flax.linen as nn
+  import jax.numpy as jnp
+  return nn.Conv(features, (1,) * (x.ndim - 2), dtype=dtype, name=name)(x).astype(jnp.float32)
 
 
 def _flax_max_pool(x, window=2):
@@ -110,6 +121,20 @@ def _use_before(change: str):
     from jaxseg.models import unext
     unext.upsample2_bilinear = lambda x: jax.image.resize(
         x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), "bilinear")
+  elif change == "pool_head":
+    import functools
+
+    import jax
+    from jaxseg.models import layers, unet, unext
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def views_max_pool(x, window=2):
+      return functools.reduce(jax.numpy.maximum, layers._pool_views(x, window))
+
+    views_max_pool.defvjp(lambda x, w: (views_max_pool(x, w), (x, views_max_pool(x, w))),
+                          layers._max_pool_bwd)
+    unet.max_pool = unext.max_pool = views_max_pool
+    unet.head = unext.head = _flax_head
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 

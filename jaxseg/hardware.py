@@ -27,10 +27,11 @@ _portable_layers = False
 
 
 def cpu_backend() -> bool:
-  """Whether traced code will run on XLA's CPU backend. jaxseg writes three things differently
+  """Whether traced code will run on XLA's CPU backend. jaxseg writes four things differently
   there, each measured faster on CPU and not yet measured on an accelerator (BUILD.md
-  performance notes): depthwise and 3-D convolutions (models/conv.py) and the
-  gradient-accumulation loop (train/step.py). False inside `portable_layers()`."""
+  performance notes): depthwise and 3-D convolutions and the 1x1 head's weight gradient
+  (models/conv.py), and the gradient-accumulation loop (train/step.py). False inside
+  `portable_layers()`."""
   return not _portable_layers and jax.default_backend() == "cpu"
 
 

@@ -1,3 +1,5 @@
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import pytest
@@ -215,6 +217,32 @@ def test_upsample2_bilinear_is_jax_image_resize(shape):
   cot = jax.random.normal(jax.random.key(1), out_shape)
   g = jax.vjp(upsample2_bilinear, x)[1](cot)[0]
   np.testing.assert_allclose(g, jax.vjp(ref, x)[1](cot)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape,features", [((2, 5, 6, 3), 1), ((2, 5, 6, 3), 4),
+                                            ((1, 3, 4, 5, 2), 3)])
+def test_head_is_flax_1x1_conv(shape, features):
+  """Same parameters as nn.Conv(features, 1) (old checkpoints load), same outputs and gradients,
+  through the CPU weight-gradient reduction and through XLA's convolution (portable_layers)."""
+  import flax.linen as nn
+  import numpy as np
+
+  from jaxseg.hardware import portable_layers
+  from jaxseg.models.layers import Head
+  x = jax.random.normal(jax.random.key(1), shape)
+  ref = nn.Conv(features, (1,) * (len(shape) - 2))
+  ours = Head(features)
+  v = ref.init(jax.random.key(0), x)
+  jax.tree.map(np.testing.assert_array_equal, v, ours.init(jax.random.key(0), x))
+  v = jax.tree.map(lambda a: a + 0.1, v)  # a non-zero bias too
+  loss = lambda m: lambda v, x: (jnp.sin(m.apply(v, x)) ** 2).sum()  # noqa: E731
+  g_ref = jax.grad(loss(ref), argnums=(0, 1))(v, x)
+  for portable in (False, True):
+    with portable_layers() if portable else contextlib.nullcontext():
+      out = jax.jit(ours.apply)(v, x)
+      g = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(v, x)
+    np.testing.assert_allclose(out, ref.apply(v, x), rtol=1e-5, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g, g_ref)
 
 
 @pytest.mark.parametrize("shape,window,dtype", [((2, 8, 6, 3), 2, "float32"),

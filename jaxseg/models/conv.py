@@ -1,6 +1,7 @@
-"""Convolution with a choice of weight-gradient algorithm (`model.conv_impl`), and the two CPU
-forms XLA's CPU backend runs faster than its own: 3-D convolutions as sums of 2-D ones
-(`conv_nd`) and depthwise convolutions as shifted sums (`depthwise_conv`).
+"""Convolution with a choice of weight-gradient algorithm (`model.conv_impl`), and the CPU forms
+XLA's CPU backend runs faster than its own: 3-D convolutions as sums of 2-D ones (`conv_nd`),
+depthwise convolutions as shifted sums (`depthwise_conv`) and the 1x1 head's weight gradient as
+one reduction (`pointwise_conv`).
 
 With `impl="patches"` the forward pass and the input gradient stay XLA convolutions and the
 weight gradient becomes one large matmul of the input's patches (im2col, built by slicing) with
@@ -200,6 +201,36 @@ def _sum_together(arrays, axes):
 
 
 _shifted_depthwise = with_weight_gradient(_shifted_sum, _depthwise_kernel_gradient)
+
+
+def _pointwise_kernel_gradient(x, kernel, g, strides, padding):
+  """Per output channel k, the sum over pixels of x * g[..., k], all in one variadic reduction
+  that reads x as it lies. For a network's head (a few output channels) this replaces XLA CPU's
+  convolution weight gradient, which first copies the full-resolution input into a batch-minor
+  layout, recomputing whatever produced it in that copy's order: UNeXt's head, 8 x 256^2 x 16
+  -> 1, 12.3 against 3.9 ms (with a ReLU before it, 2026-11-26)."""
+  g32 = g.astype(jnp.float32)
+  products = tuple(x.astype(jnp.float32) * g32[..., k:k + 1] for k in range(g.shape[-1]))
+  sums = _sum_together(products, tuple(range(x.ndim - 1)))  # each [C_in]
+  return jnp.stack(sums, -1).reshape(kernel.shape).astype(kernel.dtype)
+
+
+def _pointwise(x, kernel, strides, padding):
+  return conv_nd(x, kernel, strides, padding)
+
+
+_pointwise_reduced = with_weight_gradient(_pointwise, _pointwise_kernel_gradient)
+
+
+def pointwise_conv(x, kernel):
+  """1x1 (1x1x1) convolution, channels last, kernel (*ones, C_in, C_out), no bias. On CPU its
+  weight gradient is `_pointwise_kernel_gradient`, meant for few output channels (the heads);
+  elsewhere XLA's convolution, a library call."""
+  nd = x.ndim - 2
+  strides, padding = (1,) * nd, ((0, 0),) * nd
+  if not cpu_backend():
+    return _pointwise(x, kernel, strides, padding)
+  return _pointwise_reduced(x, kernel, strides, padding)
 
 
 class DepthwiseConv(nn.Module):

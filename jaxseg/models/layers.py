@@ -8,7 +8,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.conv import Conv, window_views
+from jaxseg.models.conv import Conv, pointwise_conv, window_views
 
 NORMS = ("batch", "group", "instance", "none")
 
@@ -107,20 +107,30 @@ def _pool_views(x, window: int):
   return [view for _, view in window_views(x, (window,) * nd, sizes, (window,) * nd)]
 
 
+def _pool(x, window: int):
+  nd = spatial_dims(x)
+  x = x[(slice(None),) + tuple(slice(0, (n // window) * window) for n in x.shape[1:-1])]
+  dims = (1,) + (window,) * nd + (1,)
+  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, dims, dims, "VALID")
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def max_pool(x, window: int = 2):
   """Non-overlapping max-pool (VALID: a ragged edge is dropped), the same values and gradient
   as flax's nn.max_pool: the gradient goes to the first maximum of each window in row-major
-  order, as in torch. Written as an element-wise max of strided views, and a backward pass of
-  compares and selects, because XLA's CPU backend runs nn.max_pool's select-and-scatter
-  gradient far slower (8 x 128^2 x 16, forward + backward: 25.8 against 1.2 ms, 2026-11-26),
-  and autodiff through a reshape + max adds a tie count and a division (BUILD.md performance
-  notes)."""
-  return functools.reduce(jnp.maximum, _pool_views(x, window))
+  order, as in torch. The backward pass is a chain of compares and selects, because XLA's CPU
+  backend runs nn.max_pool's select-and-scatter gradient far slower (8 x 128^2 x 16, forward +
+  backward: 25.8 against 1.2 ms, 2026-11-26), and autodiff through a reshape + max adds a tie
+  count and a division (BUILD.md performance notes). The forward pass is XLA's reduce-window,
+  which XLA computes once and keeps: written as an element-wise max of strided views, it was
+  fused, with the batch norm before it, into each of its consumers, among them the batch-minor
+  copy XLA's CPU backend makes for the next convolution's weight gradient (14-15 ms of UNeXt's
+  256 px step for one 8 MB copy, 2026-11-26)."""
+  return _pool(x, window)
 
 
 def _max_pool_fwd(x, window):
-  y = max_pool(x, window)
+  y = _pool(x, window)
   return y, (x, y)
 
 
@@ -195,7 +205,23 @@ def upsample2_bilinear(x):
   return x
 
 
+class Head(nn.Module):
+  """1x1 (1x1x1) convolution to logits: nn.Conv's parameters (names, shapes, initialisers), so
+  checkpoints do not depend on it, computed by conv.pointwise_conv."""
+
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    nd = spatial_dims(x)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (1,) * nd + (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = pointwise_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+    return y + bias.astype(self.dtype)
+
+
 def head(features: int, x, dtype, name="head"):
   """1x1 conv to logits, returned in float32 whatever the compute dtype."""
-  nd = spatial_dims(x)
-  return nn.Conv(features, (1,) * nd, dtype=dtype, name=name)(x).astype(jnp.float32)
+  return Head(features, dtype, name=name)(x).astype(jnp.float32)
