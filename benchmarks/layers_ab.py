@@ -118,6 +118,7 @@ def _use_before(change: str):
     conv.conv_nd = conv._conv
   elif change == "upsample_stencil":
     import jax
+
     from jaxseg.models import unext
     unext.upsample2_bilinear = lambda x: jax.image.resize(
         x, (x.shape[0], 2 * x.shape[1], 2 * x.shape[2], x.shape[3]), "bilinear")
@@ -125,14 +126,18 @@ def _use_before(change: str):
     import functools
 
     import jax
+
     from jaxseg.models import layers, unet, unext
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
     def views_max_pool(x, window=2):
       return functools.reduce(jax.numpy.maximum, layers._pool_views(x, window))
 
-    views_max_pool.defvjp(lambda x, w: (views_max_pool(x, w), (x, views_max_pool(x, w))),
-                          layers._max_pool_bwd)
+    def views_fwd(x, window):
+      y = views_max_pool(x, window)
+      return y, (x, y)
+
+    views_max_pool.defvjp(views_fwd, layers._max_pool_bwd)
     unet.max_pool = unext.max_pool = views_max_pool
     unet.head = unext.head = _flax_head
   elif change not in _ENV_CHANGES:

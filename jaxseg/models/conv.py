@@ -215,11 +215,7 @@ def _pointwise_kernel_gradient(x, kernel, g, strides, padding):
   return jnp.stack(sums, -1).reshape(kernel.shape).astype(kernel.dtype)
 
 
-def _pointwise(x, kernel, strides, padding):
-  return conv_nd(x, kernel, strides, padding)
-
-
-_pointwise_reduced = with_weight_gradient(_pointwise, _pointwise_kernel_gradient)
+_pointwise_reduced = with_weight_gradient(conv_nd, _pointwise_kernel_gradient)
 
 
 def pointwise_conv(x, kernel):
@@ -227,10 +223,8 @@ def pointwise_conv(x, kernel):
   weight gradient is `_pointwise_kernel_gradient`, meant for few output channels (the heads);
   elsewhere XLA's convolution, a library call."""
   nd = x.ndim - 2
-  strides, padding = (1,) * nd, ((0, 0),) * nd
-  if not cpu_backend():
-    return _pointwise(x, kernel, strides, padding)
-  return _pointwise_reduced(x, kernel, strides, padding)
+  op = _pointwise_reduced if cpu_backend() else conv_nd
+  return op(x, kernel, (1,) * nd, ((0, 0),) * nd)
 
 
 class DepthwiseConv(nn.Module):
