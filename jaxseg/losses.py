@@ -29,6 +29,16 @@ def targets(mask, num_channels: int, task: str, logits_ndim: int):
   return mask.astype(jnp.float32)
 
 
+def per_channel_view(a, task: str):
+  """(view, axes): `a` ([B, ..., K]) and the axes whose sum gives [B, K]. A single sigmoid
+  channel is viewed as [B, 1, N]: XLA's CPU backend vectorises element-wise loops along the
+  minor axis, and a minor axis of size 1 left the loss's loops scalar (UNeXt's loss at
+  8 x 256^2 x 1, forward + backward: 8.3 against 1.9 ms, 2026-11-26)."""
+  if task != "multiclass" and a.shape[-1] == 1:
+    return a.reshape(a.shape[0], 1, -1), (2,)
+  return a, tuple(range(1, a.ndim - 1))
+
+
 def _weighted_mean(per_example, weight):
   if weight is None:
     return per_example.mean()
@@ -38,13 +48,14 @@ def _weighted_mean(per_example, weight):
 def cross_entropy(logits, mask, task: str, weight=None):
   """Mean BCE-with-logits (binary / multi-label) or softmax cross-entropy (multi-class)."""
   logits = logits.astype(jnp.float32)
-  spatial = tuple(range(1, logits.ndim))
   if task == "multiclass":
     per_pixel = optax.softmax_cross_entropy_with_integer_labels(
         logits, class_labels(mask, logits.ndim))
-    per_example = per_pixel.mean(axis=spatial[:-1])
+    per_example = per_pixel.mean(axis=tuple(range(1, per_pixel.ndim)))
   else:
-    per_example = optax.sigmoid_binary_cross_entropy(logits, mask.astype(jnp.float32)).mean(spatial)
+    logits, axes = per_channel_view(logits, task)
+    mask, _ = per_channel_view(mask.astype(jnp.float32), task)
+    per_example = optax.sigmoid_binary_cross_entropy(logits, mask).mean(axes).mean(-1)
   return _weighted_mean(per_example, weight)
 
 
@@ -53,9 +64,9 @@ def soft_dice(logits, mask, task: str, smooth: float = 1.0, weight=None):
 
   The smoothing term makes an empty mask with an empty prediction score 1 rather than 0/0.
   """
+  t, _ = per_channel_view(targets(mask, logits.shape[-1], task, logits.ndim), task)
+  logits, axes = per_channel_view(logits, task)
   p = probabilities(logits, task)
-  t = targets(mask, logits.shape[-1], task, logits.ndim)
-  axes = tuple(range(1, p.ndim - 1))
   inter = (p * t).sum(axes)
   dice = (2 * inter + smooth) / (p.sum(axes) + t.sum(axes) + smooth)  # [B, K]
   return 1.0 - _weighted_mean(dice.mean(-1), weight)

@@ -13,18 +13,18 @@ nothing wrongly found.
 import jax.numpy as jnp
 import numpy as np
 
-from jaxseg.losses import probabilities, targets
+from jaxseg.losses import per_channel_view, probabilities, targets
 
 
 def confusion(logits, mask, task: str, threshold: float = 0.5):
   """Per-example, per-channel [B, K, 3] float32 counts: (intersection, predicted, true)."""
+  t, _ = per_channel_view(targets(mask, logits.shape[-1], task, logits.ndim), task)
+  logits, axes = per_channel_view(logits, task)
   p = probabilities(logits, task)
-  t = targets(mask, logits.shape[-1], task, logits.ndim)
   if task == "multiclass":
     pred = (p == p.max(-1, keepdims=True)).astype(jnp.float32)
   else:
     pred = (p > threshold).astype(jnp.float32)
-  axes = tuple(range(1, p.ndim - 1))
   return jnp.stack([(pred * t).sum(axes), pred.sum(axes), t.sum(axes)], axis=-1)
 
 

@@ -95,3 +95,25 @@ def test_multiclass_uses_argmax_and_one_hot():
 
 def jax_one_hot_logits(labels, k):
   return (jnp.eye(k)[labels] * 2 - 1) * BIG
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 4, 1), (3, 5, 4, 3), (2, 3, 4, 5, 1)])
+def test_losses_and_counts_per_channel_against_numpy(shape):
+  """One sigmoid channel is summed through a flat [B, 1, N] view (losses.per_channel_view), more
+  channels in place; both must give numpy's per-example, per-channel sums (2-D and 3-D)."""
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=shape).astype(np.float32)
+  y = (rng.random(shape) < 0.4).astype(np.float32)
+  axes = tuple(range(1, len(shape) - 1))
+  p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+  bce = -(y * np.log(p) + (1 - y) * np.log(1 - p)).mean(axes).mean(-1)  # [B]
+  dice = (2 * (p * y).sum(axes) + 1) / (p.sum(axes) + y.sum(axes) + 1)  # [B, K]
+  pred = p > 0.5
+  counts = np.stack([(pred * y).sum(axes), pred.sum(axes), y.sum(axes)], -1)
+  w = np.array([1.0, 0.0, 1.0][:shape[0]], np.float32)
+  for task in ("binary", "multilabel"):
+    assert losses.cross_entropy(logits, y, task) == pytest.approx(bce.mean(), rel=1e-5)
+    assert losses.cross_entropy(logits, y, task, weight=w) == pytest.approx(
+        (bce * w).sum() / w.sum(), rel=1e-5)
+    assert losses.soft_dice(logits, y, task) == pytest.approx(1 - dice.mean(), rel=1e-5)
+    np.testing.assert_array_equal(metrics.confusion(logits, y, task), counts)
