@@ -26,6 +26,11 @@ tests/test_xla_defaults.py check that):
   depth taps (conv.conv_nd on CPU, after), in the BraTS 3-D UNet (64^3 crop, batch 1).
 - upsample_stencil: UNeXt's 2x bilinear up-sampling by jax.image.resize (before) against its
   fixed stencil (layers.upsample2_bilinear, after).
+- depthwise_input_grad: the shifted-sum depthwise conv's input gradient differentiated by JAX
+  (before: one zero-bordered copy of the output gradient per tap, then their sum) against the
+  flipped-kernel shifted sum (conv._depthwise_input_gradient, after).
+- loss_view: the loss and the confusion counts of a one-channel sigmoid output reduced over
+  [B, H, W, 1] (before) against the flat [B, 1, N] view (losses.per_channel_view, after).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (layers.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -46,7 +51,8 @@ _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch")
 _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d",
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
-                                         "upsample_stencil", "pool_head"],
+                                         "upsample_stencil", "pool_head",
+                                         "depthwise_input_grad", "loss_view"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -66,6 +72,9 @@ MODELS = {
     "malloc_hugepages": _2D,
     "upsample_stencil": [("unext", {"features": 16}, {}, None)],
     "pool_head": _2D,
+    "depthwise_input_grad": [("unext", {"features": 16}, {}, None),
+                             ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
+    "loss_view": _2D,
 }
 # Changes that are the environment, set by the parent for the child.
 _ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
@@ -140,6 +149,14 @@ def _use_before(change: str):
     views_max_pool.defvjp(views_fwd, layers._max_pool_bwd)
     unet.max_pool = unext.max_pool = views_max_pool
     unet.head = unext.head = _flax_head
+  elif change == "depthwise_input_grad":
+    from jaxseg.models import conv
+    conv._shifted_depthwise = conv.with_weight_gradient(conv._shifted_sum,
+                                                        conv._depthwise_kernel_gradient)
+  elif change == "loss_view":
+    from jaxseg import losses, metrics
+    losses.per_channel_view = metrics.per_channel_view = (
+        lambda a, task: (a, tuple(range(1, a.ndim - 1))))
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 
