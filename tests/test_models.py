@@ -276,6 +276,7 @@ def test_max_pool_equals_flax(shape, window, dtype):
                                                      ((2, 10, 10, 6), 5, 2, 2),
                                                      ((2, 10, 9, 6), 5, 1, 2),
                                                      ((2, 8, 9, 4), 3, 1, 0),
+                                                     ((2, 6, 7, 4), 3, 1, 3),
                                                      ((1, 5, 6, 7, 3), 3, 1, 1),
                                                      ((1, 5, 7, 6, 2), 3, 2, 1)])
 def test_depthwise_conv_is_flax_grouped_conv(shape, kernel, stride, pad):

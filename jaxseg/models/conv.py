@@ -210,13 +210,15 @@ def _sum_together(arrays, axes):
 
 
 def _depthwise_input_gradient(x, kernel, g, strides, padding):
-  """At stride 1, the shifted sum of the output gradient with the kernel flipped (a correlation's
-  transpose is the flipped correlation), one fused loop. JAX's transpose of the shifted sum
+  """At stride 1 (and padding narrower than the kernel), the shifted sum of the output gradient
+  with the kernel flipped (a correlation's transpose is the flipped correlation), one fused
+  loop; otherwise JAX's derivative. JAX's transpose of the shifted sum
   instead materialises one zero-bordered copy of g per tap and adds them up: UNeXt's deepest
   decoder block, 8 x 32^2 x 128, spent 11 ms in that sum alone (256 px step, 2026-11-26)."""
-  if any(s != 1 for s in strides):
-    return _autodiff_input_gradient(_shifted_sum)(x, kernel, g, strides, padding)
   window = kernel.shape[:-2]
+  if any(s != 1 for s in strides) or any(max(p) > k - 1 for k, p in zip(window, padding,
+                                                                          strict=True)):
+    return _autodiff_input_gradient(_shifted_sum)(x, kernel, g, strides, padding)
   flipped = kernel[(slice(None, None, -1),) * len(window)]
   pads = tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(window, padding, strict=True))
   return _shifted_sum(g, flipped, strides, pads).astype(x.dtype)
