@@ -55,11 +55,17 @@ def _random_batch(exp: Experiment, seed: int = 0) -> dict:
 
 def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None = None) -> dict:
   """With `profile_dir`, the timed steps are also recorded as a jax.profiler trace there
-  (open it with TensorBoard's profile plugin or Perfetto)."""
+  (open it with TensorBoard's profile plugin or Perfetto), beside the compiled step's HLO as
+  train_step.hlo.txt: the trace names each kernel after its HLO instruction
+  (benchmarks/step_profile.py joins the two)."""
   exp = Experiment(config, workdir="")
   state = exp.init_state()
   acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
   compiled, compile_s, flops = exp.compile_train_step(state, acc)
+  if profile_dir:
+    os.makedirs(profile_dir, exist_ok=True)
+    with open(os.path.join(profile_dir, "train_step.hlo.txt"), "w") as f:
+      f.write(compiled.as_text())
   batch = _random_batch(exp)
   for _ in range(warmup):
     state, acc = compiled(state, batch, acc)
