@@ -76,7 +76,7 @@ def summarize(events: list, instructions: dict, steps: int, depth: int = 3) -> d
   gaps = collections.defaultdict(float)
   open_until, last_conv = None, None  # kernels are sorted by start: the latest end so far
   for start, end, name in kernels:
-    shape, opcode, op_name = instructions[name]
+    _, opcode, op_name = instructions[name]
     per_kernel[name] += end - start
     scope = "/".join(op_name.replace("jit(train_step)/", "").split("/")[:depth])
     per_scope[scope] += end - start
