@@ -114,10 +114,11 @@ def render(s: dict, meta: dict, top: int) -> str:
            "convolutions; see the script's docstring)."]
   lines += _table("By op_name scope (kernel events)", s["scopes"], top)
   lines += _table("By kind (kernel events)", s["kinds"], top)
+  where = lambda n: (f" {ins[n][2].replace('jit(train_step)/', '')[:70]}"  # noqa: E731
+                     if n in ins else "")
   lines += _table("Kernel-free gaps by the convolution launched before them", s["conv_gaps"], top,
-                  lambda n: describe(n) + (f" {ins[n][2][:70]}" if n in ins else ""))
-  lines += _table("Largest kernels", s["kernels"], top,
-                  lambda n: describe(n) + f" {ins[n][2].replace('jit(train_step)/', '')[:70]}")
+                  lambda n: describe(n) + where(n))
+  lines += _table("Largest kernels", s["kernels"], top, lambda n: describe(n) + where(n))
   return "\n".join(lines) + "\n"
 
 

@@ -37,7 +37,7 @@ def test_summarize_counts_kernel_time_scopes_and_gaps_after_convolutions():
   assert s["span_ms"] == 1.3 and s["kernel_union_ms"] == (10 + 1000 + 100) / 2e3
   text = render(s, {"date": "2026-11-26", "device": "cpu", "jax": "0", "commit": "abc",
                     "command": "x", "ms_per_step": 1.3, "steps": 2}, top=10)
-  assert "| 0.74 | convolution f32[2,8,8,4]{3,2,1,0} jit(train_step)/jvp(Net)/conv" in text
+  assert "| 0.74 | convolution f32[2,8,8,4]{3,2,1,0} jvp(Net)/conv/conv_general_dilated" in text
 
 
 def test_gaps_before_any_convolution_are_counted_apart():

@@ -211,10 +211,10 @@ def _sum_together(arrays, axes):
 
 def _depthwise_input_gradient(x, kernel, g, strides, padding):
   """At stride 1 (and padding narrower than the kernel), the shifted sum of the output gradient
-  with the kernel flipped (a correlation's transpose is the flipped correlation), one fused
-  loop; otherwise JAX's derivative. JAX's transpose of the shifted sum
-  instead materialises one zero-bordered copy of g per tap and adds them up: UNeXt's deepest
-  decoder block, 8 x 32^2 x 128, spent 11 ms in that sum alone (256 px step, 2026-11-26)."""
+  with the kernel flipped (a correlation's transpose is the flipped correlation): one fused
+  loop. Otherwise JAX's derivative, which materialises one zero-bordered copy of g per tap and
+  adds them up: in UNeXt's deepest decoder block, 8 x 32^2 x 128, that sum took 11 ms of the
+  256 px step (2026-11-26)."""
   window = kernel.shape[:-2]
   if any(s != 1 for s in strides) or any(max(p) > k - 1 for k, p in zip(window, padding,
                                                                           strict=True)):
