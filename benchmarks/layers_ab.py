@@ -31,6 +31,10 @@ tests/test_xla_defaults.py check that):
   flipped-kernel shifted sum (conv._depthwise_input_gradient, after).
 - loss_view: the loss and the confusion counts of a one-channel sigmoid output reduced over
   [B, H, W, 1] (before) against the flat [B, 1, N] view (losses.per_channel_view, after).
+- bn_max_pool: UNeXt's encoder stages as the convolution with its bias, nn.BatchNorm and
+  max_pool (before) against batch norm and max-pool as one op, the bias passed to it
+  (pooling.BatchNormMaxPool, after). The earlier max-pool changes (upconv_maxpool, max_pool,
+  pool_head) measure UNeXt with both sides on the separate ops, as they were measured.
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (layers.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -52,7 +56,7 @@ _BATCH = flags.DEFINE_integer("batch", 8, "batch")
 _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "depthwise", "conv3d",
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
                                          "upsample_stencil", "pool_head",
-                                         "depthwise_input_grad", "loss_view"],
+                                         "depthwise_input_grad", "loss_view", "bn_max_pool"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -75,7 +79,10 @@ MODELS = {
     "depthwise_input_grad": [("unext", {"features": 16}, {}, None),
                              ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
     "loss_view": _2D,
+    "bn_max_pool": [("unext", {"features": 16}, {}, None)],
 }
+# Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
+_SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
 # Changes that are the environment, set by the parent for the child.
 _ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
 
@@ -106,19 +113,42 @@ def _reshape_max_pool(x, window=2):
   return x.reshape(shape).max(axis=tuple(2 + 2 * i for i in range(nd)))
 
 
+def _separate_bn_max_pool():
+  """UNeXt's encoder stage as before bn_max_pool: the convolution's bias added, nn.BatchNorm,
+  then layers.max_pool (looked up when called, so that the changes above can swap it)."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from jaxseg.models import layers
+
+  class Separate(nn.Module):
+    momentum: float
+    epsilon: float
+    window: int = 2
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, train, offset):
+      x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
+                       epsilon=self.epsilon, dtype=self.dtype)(x + offset.astype(x.dtype))
+      return layers.max_pool(x, self.window)
+
+  layers.BatchNormMaxPool = Separate
+
+
 def _use_before(change: str):
   """Puts the code back as it was before `change`, in this (child) process."""
   if change == "upconv_maxpool":
-    from jaxseg.models import unet, unext
+    from jaxseg.models import layers, unet
     unet.up_conv = _flax_up_conv
-    unet.max_pool = unext.max_pool = _flax_max_pool
+    unet.max_pool = layers.max_pool = _flax_max_pool
   elif change == "depthwise":
     from jaxseg.models import conv
     shifted = conv.depthwise_conv
     conv.depthwise_conv = lambda x, k, s, p, impl="auto": shifted(x, k, s, p, impl="xla")
   elif change == "max_pool":
-    from jaxseg.models import unet, unext
-    unet.max_pool = unext.max_pool = _reshape_max_pool
+    from jaxseg.models import layers, unet
+    unet.max_pool = layers.max_pool = _reshape_max_pool
   elif change == "depthwise_grad":
     from jaxseg.models import conv
     conv._shifted_depthwise = conv._shifted_sum
@@ -136,18 +166,18 @@ def _use_before(change: str):
 
     import jax
 
-    from jaxseg.models import layers, unet, unext
+    from jaxseg.models import layers, pooling, unet, unext
 
     @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
     def views_max_pool(x, window=2):
-      return functools.reduce(jax.numpy.maximum, layers._pool_views(x, window))
+      return functools.reduce(jax.numpy.maximum, pooling._pool_views(x, window))
 
     def views_fwd(x, window):
       y = views_max_pool(x, window)
       return y, (x, y)
 
-    views_max_pool.defvjp(views_fwd, layers._max_pool_bwd)
-    unet.max_pool = unext.max_pool = views_max_pool
+    views_max_pool.defvjp(views_fwd, pooling._max_pool_bwd)
+    unet.max_pool = layers.max_pool = views_max_pool
     unet.head = unext.head = _flax_head
   elif change == "depthwise_input_grad":
     from jaxseg.models import conv
@@ -157,11 +187,15 @@ def _use_before(change: str):
     from jaxseg import losses, metrics
     losses.per_channel_view = metrics.per_channel_view = (
         lambda a, task: (a, tuple(range(1, a.ndim - 1))))
+  elif change == "bn_max_pool":
+    _separate_bn_max_pool()
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 
 
 def _measure(spec: dict) -> dict:
+  if spec["change"] in _SEPARATE_POOL_CHANGES and spec["model"] == "unext":
+    _separate_bn_max_pool()
   if spec["before"]:
     _use_before(spec["change"])
   from jaxseg.bench import bench_step

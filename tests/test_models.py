@@ -257,7 +257,7 @@ def test_max_pool_equals_flax(shape, window, dtype):
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxseg.models.layers import max_pool
+  from jaxseg.models.pooling import max_pool
   x = jnp.round(2 * jax.random.normal(jax.random.key(0), shape)).astype(dtype)
   nd = len(shape) - 2
   ref = lambda x: nn.max_pool(x, (window,) * nd, strides=(window,) * nd)  # noqa: E731
@@ -269,6 +269,141 @@ def test_max_pool_equals_flax(shape, window, dtype):
   assert g.dtype == g_ref.dtype and g.shape == x.shape
   assert int((g != 0).sum()) == cot.size  # one gradient entry per window, even with ties
   np.testing.assert_array_equal(g, g_ref)
+
+
+def _batch_norm_then_max_pool(momentum=0.9, epsilon=1e-5):
+  """The composition BatchNormMaxPool replaces: the conv's bias added, nn.BatchNorm, max-pool."""
+  import flax.linen as nn
+
+  from jaxseg.models.pooling import max_pool
+
+  class Separate(nn.Module):
+    @nn.compact
+    def __call__(self, x, train, offset):
+      bn = nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
+                        dtype=x.dtype, name="BatchNorm_0")
+      return max_pool(bn(x + offset.astype(x.dtype)))
+
+  return Separate()
+
+
+@pytest.mark.parametrize("shape,dtype,levels", [((2, 8, 6, 3), "float32", False),
+                                                ((2, 8, 6, 3), "float32", True),
+                                                ((2, 9, 7, 3), "float32", False),
+                                                ((1, 4, 6, 8, 2), "float32", False),
+                                                ((2, 8, 8, 4), "bfloat16", False)])
+def test_batch_norm_max_pool_is_batch_norm_then_max_pool(shape, dtype, levels):
+  """Same variables, outputs, running statistics and gradients as nn.BatchNorm followed by
+  max_pool, with scales of both signs (a negative one pools the minimum of its input), a ragged
+  edge, 3-D input, ties (inputs rounded to a few levels) and bfloat16. The conv bias passed as
+  the offset shifts the running mean and the evaluation output only."""
+  import flax.linen as nn
+  import jax.numpy as jnp
+  import numpy as np
+
+  from jaxseg.models.pooling import BatchNormMaxPool
+
+  class Fused(nn.Module):
+    @nn.compact
+    def __call__(self, x, train, offset):
+      return BatchNormMaxPool(dtype=x.dtype, name="BatchNorm_0")(x, train, offset)
+
+  x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
+  x = (jnp.round(x) if levels else x).astype(dtype)
+  c = shape[-1]
+  offset = jax.random.normal(jax.random.key(1), (c,))
+  ours, ref = Fused(), _batch_norm_then_max_pool()
+  v = ref.init(jax.random.key(2), x, True, offset)
+  jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(2), x, True, offset), v)
+  v["params"]["BatchNorm_0"] = {"scale": jnp.array([1.5, -0.7, 0.3, -2.0])[:c],
+                                "bias": jnp.array([0.1, 0.2, -0.3, 0.0])[:c]}
+  weights = jnp.cos(jnp.arange(np.prod(ref.apply(v, x, False, offset).shape)))
+
+  def train(model):
+    def loss(params, x):
+      y, upd = model.apply({**v, "params": params}, x, True, offset, mutable=["batch_stats"])
+      return (y.astype(jnp.float32).ravel() * weights).sum(), (y, upd)
+    (_, (y, upd)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(v["params"], x)
+    return y, upd, grads
+
+  tol = {"float32": dict(rtol=1e-5, atol=1e-5), "bfloat16": dict(rtol=2e-2, atol=2e-2)}[dtype]
+  (y, upd, grads), (y_ref, upd_ref, grads_ref) = train(ours), train(ref)
+  assert y.dtype == y_ref.dtype == jnp.dtype(dtype) and grads[1].dtype == jnp.dtype(dtype)
+  np.testing.assert_allclose(y.astype(np.float32), y_ref.astype(np.float32), **tol)
+  # In bfloat16 the reference rounds x + offset before its statistics; this op adds the offset
+  # to the float32 mean.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), upd, upd_ref)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32),
+                                                       np.asarray(b, np.float32), **tol),
+               grads, grads_ref)
+  # Evaluation reads the running statistics, with the offset where nn.BatchNorm saw it.
+  v_eval = {**v, **upd_ref}
+  np.testing.assert_array_equal(ours.apply(v_eval, x, False, offset),
+                                ref.apply(v_eval, x, False, offset))
+
+
+def test_batch_norm_max_pool_differentiates_its_statistics():
+  """The batch mean and variance it returns are differentiable too (they feed the running
+  averages in the module, but a caller may use them): against autodiff of the same formulas."""
+  import numpy as np
+
+  from jaxseg.models.pooling import _batch_stats, batch_norm_max_pool, max_pool
+  x = 2 * jax.random.normal(jax.random.key(0), (2, 6, 8, 3)) - 1
+  scale, bias = jnp.array([0.5, -1.5, 2.0]), jnp.array([0.3, 0.0, -0.2])
+
+  def reference(x, scale, bias):
+    mean, var = _batch_stats(x)
+    return max_pool((x - mean) * (jax.lax.rsqrt(var + 1e-5) * scale) + bias), mean, var
+
+  def loss(fn):
+    def f(x, scale, bias):
+      y, mean, var = fn(x, scale, bias)
+      return (y * jnp.sin(jnp.arange(y.size).reshape(y.shape))).sum() + (
+          mean * jnp.array([1.0, -2.0, 0.5])).sum() + (var * jnp.array([0.3, 1.0, -1.0])).sum()
+    return jax.grad(f, (0, 1, 2))
+
+  got = loss(lambda x, s, b: batch_norm_max_pool(x, s, b, 1e-5, 2))(x, scale, bias)
+  want = loss(reference)(x, scale, bias)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
+
+
+@pytest.mark.parametrize("kind", ["batch", "group", "instance", "none"])
+def test_norm_then_max_pool_keeps_variables_and_values(kind):
+  """Norm(kind)(z, train, offset, then_max_pool=True), UNeXt's encoder stage, has the variables
+  of Norm(kind) and the values of max_pool(Norm(kind)(z + offset)) in training and evaluation."""
+  import numpy as np
+
+  from jaxseg.models.layers import Norm
+  from jaxseg.models.pooling import max_pool
+  z = jax.random.normal(jax.random.key(0), (2, 8, 8, 8))
+  offset = jax.random.normal(jax.random.key(1), (8,))
+  norm = Norm(kind)
+  v = norm.init(jax.random.key(2), z, False)
+  fused_v = norm.init(jax.random.key(2), z, False, offset, then_max_pool=True)
+  assert jax.tree.map(np.shape, fused_v) == jax.tree.map(np.shape, v)
+  for train in (True, False):
+    mutable = ["batch_stats"] if train else False
+    got = norm.apply(v, z, train, offset, then_max_pool=True, mutable=mutable)
+    want = norm.apply(v, z + offset, train, mutable=mutable)
+    got, want = (got[0], want[0]) if train else (got, want)
+    np.testing.assert_allclose(got, max_pool(want), rtol=1e-5, atol=1e-5)
+
+
+def test_unext_encoder_conv_bias_gets_no_gradient_and_keeps_its_name():
+  """UNeXt's encoder convolutions keep nn.Conv's kernel and bias (checkpoints unchanged); batch
+  norm in training cancels the bias, so its gradient is exactly zero, as it is analytically."""
+  m = models.build(_unet_cfg(name="unext", features=4), 3, 1)
+  v = models.init_variables(m, (64, 64, 3))
+  for i in range(3):
+    assert set(v["params"][f"enc_conv{i}"]) == {"kernel", "bias"}
+    assert set(v["params"][f"enc_bn{i}"]["BatchNorm_0"]) == {"scale", "bias"}
+    assert set(v["batch_stats"][f"enc_bn{i}"]["BatchNorm_0"]) == {"mean", "var"}
+  x = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
+  grads = jax.grad(lambda p: (m.apply({**v, "params": p}, x, train=True,
+                                      mutable=["batch_stats"])[0] ** 2).mean())(v["params"])
+  for i in range(3):
+    assert not jnp.any(grads[f"enc_conv{i}"]["bias"])
+    assert jnp.any(grads[f"enc_conv{i}"]["kernel"])
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((2, 9, 11, 5), 3, 1, 1),

@@ -60,7 +60,7 @@ def window_views(x, window, out, strides):
   """(offset, view) for each offset inside a kernel window, in the kernel's (row-major) order:
   the strided view of x (channels last) that the tap at that offset reads for each of the `out`
   output positions. The taps of the shifted depthwise conv, of the im2col weight gradient and of
-  max-pooling (layers.max_pool)."""
+  max-pooling (pooling.max_pool)."""
   for offset in itertools.product(*[range(k) for k in window]):
     start = (0, *offset, 0)
     stop = (x.shape[0], *[o + (n - 1) * s + 1 for o, n, s in zip(offset, out, strides,
@@ -118,7 +118,9 @@ conv_patch_grad = with_weight_gradient(_conv, _patches_weight_gradient)
 
 class Conv(nn.Module):
   """Stride-s 'SAME' convolution with Flax nn.Conv's parameters (kernel, bias; same names,
-  shapes and initialisers, so checkpoints do not depend on `impl`)."""
+  shapes and initialisers, so checkpoints do not depend on `impl`). With `return_bias` it
+  returns (output without the bias, bias): for a norm after it that can use the bias better
+  (layers.Norm's `offset`)."""
 
   features: int
   kernel: int = 3
@@ -126,6 +128,7 @@ class Conv(nn.Module):
   use_bias: bool = True
   dtype: jnp.dtype = jnp.float32
   impl: str = "xla"
+  return_bias: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -146,10 +149,10 @@ class Conv(nn.Module):
       y = conv_nd(x, kernel, strides, tuple(pads))
     else:
       raise ValueError(f"model.conv_impl={self.impl!r}; known: {IMPLS}")
-    if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(
-          self.dtype)
-    return y
+    if not self.use_bias:
+      return y
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    return (y, bias) if self.return_bias else y + bias.astype(self.dtype)
 
 
 def depthwise_conv(x, kernel, strides, padding, impl: str = "auto"):

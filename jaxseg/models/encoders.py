@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from jaxseg.models.conv import DepthwiseConv
-from jaxseg.models.layers import max_pool
+from jaxseg.models.pooling import max_pool
 
 # VGG16 configuration "D": conv widths, "M" = 2x2 max-pool. Index i of `features` in torchvision
 # counts convs, ReLUs and pools alike.

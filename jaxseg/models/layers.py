@@ -2,15 +2,15 @@
 config, float32 parameters. Kernel sizes follow the input's rank, so one block serves 2-D and
 3-D networks."""
 
-import functools
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.conv import Conv, pointwise_conv, window_views
+from jaxseg.models.conv import Conv, pointwise_conv
+from jaxseg.models.pooling import BatchNormMaxPool, max_pool
 
 NORMS = ("batch", "group", "instance", "none")
+BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # PyTorch's BatchNorm defaults (its momentum 0.1)
 
 
 def spatial_dims(x) -> int:
@@ -27,17 +27,26 @@ class Norm(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, offset=None, then_max_pool: bool = False):
+    """norm(x + offset), or with `then_max_pool` max_pool(norm(x + offset)) (2x2 windows).
+    `offset` is the bias of the convolution before it, left out of that convolution so that a
+    batch norm can drop it where it cancels; batch norm and max-pool run as one op
+    (jaxseg.models.pooling.BatchNormMaxPool, under the nn.BatchNorm's name)."""
+    if self.kind == "batch" and then_max_pool:
+      return BatchNormMaxPool(BN_MOMENTUM, BN_EPSILON, dtype=self.dtype, name="BatchNorm_0")(
+          x, train, offset)
+    if offset is not None:
+      x = x + offset.astype(x.dtype)
     if self.kind == "batch":
-      return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                          dtype=self.dtype)(x)
-    if self.kind == "group":
-      return nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-5, dtype=self.dtype)(x)
-    if self.kind == "instance":
-      return nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype)(x)
-    if self.kind == "none":
-      return x
-    raise ValueError(f"model.norm={self.kind!r}; known: {NORMS}")
+      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                       dtype=self.dtype)(x)
+    elif self.kind == "group":
+      x = nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-5, dtype=self.dtype)(x)
+    elif self.kind == "instance":
+      x = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype)(x)
+    elif self.kind != "none":
+      raise ValueError(f"model.norm={self.kind!r}; known: {NORMS}")
+    return max_pool(x) if then_max_pool else x
 
 
 class ConvNormAct(nn.Module):
@@ -97,60 +106,6 @@ class DoubleConv(nn.Module):
       x = ConvNormAct(self.features, kernel=1, norm=self.norm, act=False, dtype=self.dtype,
                       name="shortcut")(x, train)
     return y + x
-
-
-def _pool_views(x, window: int):
-  """The window^nd strided views of x, one per offset inside the window (row-major), each of the
-  pooled output's shape; a ragged edge is dropped."""
-  nd = spatial_dims(x)
-  sizes = [n // window for n in x.shape[1:-1]]
-  return [view for _, view in window_views(x, (window,) * nd, sizes, (window,) * nd)]
-
-
-def _pool(x, window: int):
-  # VALID with the stride equal to the window drops a ragged edge.
-  dims = (1,) + (window,) * spatial_dims(x) + (1,)
-  return jax.lax.reduce_window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max, dims, dims, "VALID")
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def max_pool(x, window: int = 2):
-  """Non-overlapping max-pool (VALID: a ragged edge is dropped), the same values and gradient
-  as flax's nn.max_pool: the gradient goes to the first maximum of each window in row-major
-  order, as in torch. The backward pass is a chain of compares and selects, because XLA's CPU
-  backend runs nn.max_pool's select-and-scatter gradient far slower (8 x 128^2 x 16, forward +
-  backward: 25.8 against 1.2 ms, 2026-11-26), and autodiff through a reshape + max adds a tie
-  count and a division (BUILD.md performance notes). The forward pass is XLA's reduce-window,
-  which XLA computes once and keeps: written as an element-wise max of strided views, it was
-  fused, with the batch norm before it, into each of its consumers, among them the batch-minor
-  copy XLA's CPU backend makes for the next convolution's weight gradient (14-15 ms of UNeXt's
-  256 px step for one 8 MB copy, 2026-11-26)."""
-  return _pool(x, window)
-
-
-def _max_pool_fwd(x, window):
-  y = _pool(x, window)
-  return y, (x, y)
-
-
-def _max_pool_bwd(window, residuals, g):
-  x, y = residuals
-  nd = spatial_dims(x)
-  sizes = y.shape[1:-1]
-  taken, parts = None, []
-  for view in _pool_views(x, window):
-    hit = view == y if taken is None else (view == y) & ~taken
-    taken = hit if taken is None else taken | hit
-    parts.append(jnp.where(hit, g, jnp.zeros_like(g)))
-  # [B, *sizes, window^nd, C] -> [B, n0, w, n1, w, ..., C] -> [B, *sizes * window, C]
-  dx = jnp.stack(parts, axis=-2).reshape(x.shape[0], *sizes, *(window,) * nd, x.shape[-1])
-  perm = [0] + [p for i in range(nd) for p in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
-  dx = dx.transpose(perm).reshape(x.shape[0], *[n * window for n in sizes], x.shape[-1])
-  ragged = [(0, 0)] + [(0, full - n * window) for full, n in zip(x.shape[1:-1], sizes, strict=True)]
-  return (jnp.pad(dx, ragged + [(0, 0)]),)
-
-
-max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
 class UpConv(nn.Module):

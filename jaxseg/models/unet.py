@@ -9,7 +9,8 @@ Buda et al.'s count. The same module on [B, D, H, W, C] input is the 3-D UNet (3
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseg.models.layers import DoubleConv, head, max_pool, up_conv
+from jaxseg.models.layers import DoubleConv, head, up_conv
+from jaxseg.models.pooling import max_pool
 
 
 class UNet(nn.Module):

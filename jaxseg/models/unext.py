@@ -11,8 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxseg.models.conv import DepthwiseConv
-from jaxseg.models.layers import Norm, head, max_pool, upsample2_bilinear
+from jaxseg.models.conv import Conv, DepthwiseConv
+from jaxseg.models.layers import Norm, head, upsample2_bilinear
 
 SHIFT_GROUPS = 5  # channel groups, shifted by -2..2 pixels
 
@@ -69,7 +69,10 @@ class UNeXt(nn.Module):
     x = x.astype(dt)
     skips = []
     for i, n in enumerate((c1, c2, c3)):
-      x = nn.relu(max_pool(norm(f"enc_bn{i}")(conv(n, f"enc_conv{i}")(x), train)))
+      # Conv -> norm -> max-pool -> ReLU; the conv's bias and the pool go to the norm, which
+      # runs batch norm and the pool as one op (layers.Norm).
+      z, conv_bias = Conv(n, 3, dtype=dt, return_bias=True, name=f"enc_conv{i}")(x)
+      x = nn.relu(norm(f"enc_bn{i}")(z, train, offset=conv_bias, then_max_pool=True))
       skips.append(x)
     for i, n in enumerate((t1, t2)):
       x = nn.Conv(n, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
