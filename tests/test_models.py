@@ -219,6 +219,18 @@ def test_upsample2_bilinear_is_jax_image_resize(shape):
   np.testing.assert_allclose(g, jax.vjp(ref, x)[1](cot)[0], rtol=1e-5, atol=1e-5)
 
 
+def test_upsample2_bilinear_keeps_bfloat16():
+  import numpy as np
+
+  from jaxseg.models.layers import upsample2_bilinear
+  x = jax.random.normal(jax.random.key(0), (2, 4, 6, 3))
+  y, vjp = jax.vjp(upsample2_bilinear, x.astype(jnp.bfloat16))
+  g = vjp(jnp.ones(y.shape, jnp.bfloat16))[0]
+  assert y.dtype == g.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(np.float32), upsample2_bilinear(x), rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(g.astype(np.float32), 4.0, rtol=1e-2)  # each input's weights sum to 4
+
+
 @pytest.mark.parametrize("shape,features", [((2, 5, 6, 3), 1), ((2, 5, 6, 3), 4),
                                             ((1, 3, 4, 5, 2), 3)])
 def test_head_is_flax_1x1_conv(shape, features):
