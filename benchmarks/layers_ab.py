@@ -35,9 +35,9 @@ tests/test_xla_defaults.py check that):
   max_pool (before) against batch norm and max-pool as one op, the bias passed to it
   (pooling.BatchNormMaxPool, after). The earlier max-pool changes (upconv_maxpool, max_pool,
   pool_head) measure UNeXt with both sides on the separate ops, as they were measured.
-- upsample_phases: UNeXt's up-sampling as the per-axis stencil differentiated by JAX (before)
-  against its output phases from the edge-padded input and the transposed stencil as its
-  gradient (layers.upsample2_bilinear, after).
+- upsample_grad: UNeXt's up-sampling (the per-axis stencil) differentiated by JAX (before)
+  against the transposed stencil over the edge-padded gradient as its gradient
+  (layers.upsample2_bilinear, after).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (layers.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -60,7 +60,7 @@ _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "dept
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
                                          "upsample_stencil", "pool_head",
                                          "depthwise_input_grad", "loss_view", "bn_max_pool",
-                                         "upsample_phases"],
+                                         "upsample_grad"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -84,7 +84,7 @@ MODELS = {
                              ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
     "loss_view": _2D,
     "bn_max_pool": [("unext", {"features": 16}, {}, None)],
-    "upsample_phases": [("unext", {"features": 16}, {}, None)],
+    "upsample_grad": [("unext", {"features": 16}, {}, None)],
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
@@ -119,8 +119,8 @@ def _reshape_max_pool(x, window=2):
 
 
 def _axis_stencil_upsample(x):
-  """layers.upsample2_bilinear before upsample_phases: the stencil one axis at a time, each
-  output pair stacked and reshaped in, differentiated by JAX."""
+  """layers.upsample2_bilinear before upsample_grad: the same per-axis stencil, differentiated
+  by JAX."""
   import jax
   import jax.numpy as jnp
   for axis in range(1, x.ndim - 1):
@@ -210,7 +210,7 @@ def _use_before(change: str):
         lambda a, task: (a, tuple(range(1, a.ndim - 1))))
   elif change == "bn_max_pool":
     _separate_bn_max_pool()
-  elif change == "upsample_phases":
+  elif change == "upsample_grad":
     from jaxseg.models import unext
     unext.upsample2_bilinear = _axis_stencil_upsample
   elif change not in _ENV_CHANGES:

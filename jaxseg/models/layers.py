@@ -3,15 +3,15 @@ config, float32 parameters. Kernel sizes follow the input's rank, so one block s
 3-D networks."""
 
 import functools
-import itertools
 import math
 import operator
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from jaxseg.models.conv import Conv, interleave, pointwise_conv, window_views
+from jaxseg.models.conv import Conv, pointwise_conv, window_views
 from jaxseg.models.pooling import BatchNormMaxPool, max_pool
 
 NORMS = ("batch", "group", "instance", "none")
@@ -159,31 +159,30 @@ def _weighted_sum(weighted_views):
 
 
 def _upsample2(x):
-  nd = spatial_dims(x)
-  views = dict(window_views(_edge_padded(x), (3,) * nd, x.shape[1:-1], (1,) * nd))
-  # Along each axis output 2i (phase 0) is 3/4 x[i] + 1/4 x[i-1] and output 2i+1 (phase 1)
-  # 3/4 x[i] + 1/4 x[i+1]: offsets 0, 1, 2 of the padded views are inputs i-1, i, i+1.
-  taps = ({0: _FAR, 1: _NEAR}, {1: _NEAR, 2: _FAR})
-  phases = []
-  for phase in itertools.product((0, 1), repeat=nd):
-    phases.append(_weighted_sum(
-        (math.prod(w for _, w in combo), views[tuple(o for o, _ in combo)])
-        for combo in itertools.product(*[taps[p].items() for p in phase])))
-  return interleave(phases, 2)
+  for axis in range(1, x.ndim - 1):
+    # Output 2i is 3/4 x[i] + 1/4 x[i-1], output 2i+1 is 3/4 x[i] + 1/4 x[i+1] (edges clamped).
+    n = x.shape[axis]
+    first, last = (lax.slice_in_dim(x, i, i + 1, axis=axis) for i in (0, n - 1))
+    before = jnp.concatenate([first, lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
+    after = jnp.concatenate([lax.slice_in_dim(x, 1, n, axis=axis), last], axis)
+    near = _NEAR * x
+    pair = jnp.stack([near + _FAR * before, near + _FAR * after], axis + 1)
+    x = pair.reshape(*x.shape[:axis], 2 * n, *x.shape[axis + 1:])
+  return x
 
 
 @jax.custom_vjp
 def upsample2_bilinear(x):
   """2x bilinear (trilinear in 3-D) up-sampling with half-pixel centres and clamped edges: the
   values of jax.image.resize(x, 2x, "bilinear") and torch's align_corners=False. Written as its
-  fixed stencil: each of the 2^nd output phases is a weighted sum of shifted views of the
-  edge-padded input, and the phases are interleaved. The gradient is the transposed stencil, one
-  weighted sum of 4^nd stride-2 views of the edge-padded output gradient (the edge padding
-  returns the clamped taps to the edge input). jax.image.resize computes the up-sampling as a
-  matmul per axis with transposes around each, which cost XLA's CPU backend 2-4x a per-axis
-  stencil forward + backward (8 x 128^2 x 16: 15 + 21 against 4 + 8 ms, 2026-11-26); JAX's
-  derivative of that per-axis stencil wrote four zero-padded partial gradients at full size per
-  axis (BUILD.md performance notes)."""
+  fixed stencil, one axis at a time, each output pair interleaved by a stack and a reshape
+  (jax.image.resize computes it as a matmul per axis with transposes around each, which cost
+  XLA's CPU backend 2-4x this stencil forward + backward: 8 x 128^2 x 16, 15 + 21 against 4 + 8
+  ms, 2026-11-26). The gradient is the transposed stencil in one pass: a weighted sum of the
+  4^nd stride-2 views of the edge-padded output gradient (the padding returns the clamped taps'
+  share to the edge input). JAX's derivative of the per-axis stencil wrote four zero-padded
+  partial gradients per axis at full size and then summed them (UNeXt 256 px: BUILD.md
+  performance notes)."""
   return _upsample2(x)
 
 
