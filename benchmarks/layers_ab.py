@@ -15,7 +15,7 @@ tests/test_xla_defaults.py check that):
   (after), in UNeXt's MLP blocks and EfficientNet's MBConv blocks.
 - max_pool: max-pool as a reshape and a max, differentiated by JAX (before: its gradient
   splits among tied maxima and divides by their count) against jaxseg's max-pool with its own
-  first-maximum gradient (layers.max_pool, after).
+  first-maximum gradient (pooling.max_pool, after).
 - depthwise_grad: the shifted-sum depthwise conv differentiated by JAX (before) against its
   hand-written kernel gradient, the tap products summed together by variadic reductions (after).
 - malloc_hugepages: glibc's malloc in 4 KB pages (before) against transparent huge pages for
@@ -40,7 +40,7 @@ tests/test_xla_defaults.py check that):
   (layers.upsample2_bilinear, after).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
-  (layers.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
+  (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
   producer inside the batch-minor copy it makes for a convolution's weight gradient.
 """
 
