@@ -68,18 +68,6 @@ def window_views(x, window, out, strides):
     yield offset, lax.slice(x, start, stop, (1, *strides, 1))
 
 
-def interleave(parts, window: int):
-  """window^nd arrays [B, *sizes, C], one per offset inside a window (row-major, as
-  `window_views` yields them with the stride equal to the window) -> the [B, *sizes * window, C]
-  array whose views they are."""
-  nd = parts[0].ndim - 2
-  b, *sizes, c = parts[0].shape
-  # [B, *sizes, window^nd, C] -> [B, n0, w, n1, w, ..., C] -> [B, *sizes * window, C]
-  x = jnp.stack(parts, axis=-2).reshape(b, *sizes, *(window,) * nd, c)
-  perm = [0] + [p for i in range(nd) for p in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
-  return x.transpose(perm).reshape(b, *[n * window for n in sizes], c)
-
-
 def _autodiff_input_gradient(op):
   def input_gradient(x, w, g, strides, padding):
     _, input_vjp = jax.vjp(lambda x: op(x, w, strides, padding), x)

@@ -154,10 +154,6 @@ def _edge_padded(x):
   return jnp.pad(x, [(0, 0)] + [(1, 1)] * spatial_dims(x) + [(0, 0)], mode="edge")
 
 
-def _weighted_sum(weighted_views):
-  return functools.reduce(operator.add, [w * v for w, v in weighted_views])
-
-
 def _upsample2(x):
   for axis in range(1, x.ndim - 1):
     # Output 2i is 3/4 x[i] + 1/4 x[i-1], output 2i+1 is 3/4 x[i] + 1/4 x[i+1] (edges clamped).
@@ -195,8 +191,9 @@ def _upsample2_bwd(_, g):
   sizes = [n // 2 for n in g.shape[1:-1]]
   # Input i receives outputs 2i-1 .. 2i+2 with weights 1/4, 3/4, 3/4, 1/4 along each axis.
   weights = (_FAR, _NEAR, _NEAR, _FAR)
-  return (_weighted_sum((math.prod(weights[o] for o in offset), view) for offset, view in
-                        window_views(_edge_padded(g), (4,) * nd, sizes, (2,) * nd)),)
+  taps = window_views(_edge_padded(g), (4,) * nd, sizes, (2,) * nd)
+  return (functools.reduce(operator.add,
+                           [math.prod(weights[o] for o in offset) * view for offset, view in taps]),)
 
 
 upsample2_bilinear.defvjp(_upsample2_fwd, _upsample2_bwd)

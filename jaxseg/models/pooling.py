@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxseg.models.conv import interleave, window_views
+from jaxseg.models.conv import window_views
 
 
 def _pool_views(x, window: int):
@@ -21,6 +21,17 @@ def _pool_views(x, window: int):
   nd = x.ndim - 2
   sizes = [n // window for n in x.shape[1:-1]]
   return [view for _, view in window_views(x, (window,) * nd, sizes, (window,) * nd)]
+
+
+def _interleave(parts, window: int):
+  """The inverse of `_pool_views`: window^nd arrays [B, *sizes, C] (row-major offsets) -> one
+  [B, *sizes * window, C]."""
+  nd = parts[0].ndim - 2
+  b, *sizes, c = parts[0].shape
+  # [B, *sizes, window^nd, C] -> [B, n0, w, n1, w, ..., C] -> [B, *sizes * window, C]
+  x = jnp.stack(parts, axis=-2).reshape(b, *sizes, *(window,) * nd, c)
+  perm = [0] + [p for i in range(nd) for p in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
+  return x.transpose(perm).reshape(b, *[n * window for n in sizes], c)
 
 
 def _first_hits(x, y, window: int):
@@ -61,7 +72,7 @@ def _max_pool_fwd(x, window):
 
 def _max_pool_bwd(window, residuals, g):
   x, y = residuals
-  dx = interleave([jnp.where(hit, g, jnp.zeros_like(g)) for _, hit in _first_hits(x, y, window)],
+  dx = _interleave([jnp.where(hit, g, jnp.zeros_like(g)) for _, hit in _first_hits(x, y, window)],
                    window)
   ragged = [(0, full - n) for full, n in zip(x.shape[1:-1], dx.shape[1:-1], strict=True)]
   return (jnp.pad(dx, [(0, 0)] + ragged + [(0, 0)]),)
@@ -121,7 +132,7 @@ def _batch_norm_max_pool_bwd(epsilon, window, residuals, cotangents):
   # through the returned mean and variance; all but the first term is affine in z per channel.
   slope = -mul * rstd * d_scale / n + 2 * g_var / n
   const = -mul * d_bias / n - slope * mean + g_mean / n
-  dz = interleave([jnp.where(hit, mul * g, 0.0) + (const + slope * view)
+  dz = _interleave([jnp.where(hit, mul * g, 0.0) + (const + slope * view)
                     for view, hit in _first_hits(z, picked, window)], window)
   if dz.shape != z.shape:  # a ragged edge: only the statistics reach it
     dz = lax.dynamic_update_slice(const + slope * z.astype(jnp.float32), dz, (0,) * z.ndim)
