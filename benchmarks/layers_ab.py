@@ -118,22 +118,6 @@ def _reshape_max_pool(x, window=2):
   return x.reshape(shape).max(axis=tuple(2 + 2 * i for i in range(nd)))
 
 
-def _axis_stencil_upsample(x):
-  """layers.upsample2_bilinear before upsample_grad: the same per-axis stencil, differentiated
-  by JAX."""
-  import jax
-  import jax.numpy as jnp
-  for axis in range(1, x.ndim - 1):
-    n = x.shape[axis]
-    first, last = (jax.lax.slice_in_dim(x, i, i + 1, axis=axis) for i in (0, n - 1))
-    before = jnp.concatenate([first, jax.lax.slice_in_dim(x, 0, n - 1, axis=axis)], axis)
-    after = jnp.concatenate([jax.lax.slice_in_dim(x, 1, n, axis=axis), last], axis)
-    near = 0.75 * x
-    pair = jnp.stack([near + 0.25 * before, near + 0.25 * after], axis + 1)
-    x = pair.reshape(*x.shape[:axis], 2 * n, *x.shape[axis + 1:])
-  return x
-
-
 def _separate_bn_max_pool():
   """UNeXt's encoder stage as before bn_max_pool: the convolution's bias added, nn.BatchNorm,
   then layers.max_pool (looked up when called, so that the changes above can swap it)."""
@@ -211,8 +195,8 @@ def _use_before(change: str):
   elif change == "bn_max_pool":
     _separate_bn_max_pool()
   elif change == "upsample_grad":
-    from jaxseg.models import unext
-    unext.upsample2_bilinear = _axis_stencil_upsample
+    from jaxseg.models import layers, unext
+    unext.upsample2_bilinear = layers._upsample2  # the same stencil, differentiated by JAX
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 
