@@ -5,7 +5,9 @@
   model FLOPs utilisation against the device's peak (jaxseg.hardware), and memory: XLA's
   buffer assignment for the step, and the device's own peak where it reports one (GPU, TPU).
 - loop: the real Grain pipeline with augmentation feeding the step through the device
-  prefetcher, N steps, wall-clock images/s and the fraction of time spent waiting for input.
+  prefetcher, N steps, wall-clock images/s and the fraction of time spent waiting for input;
+  then N steps of the same step on the last batch with no loader, and the loop's step time over
+  that one (1.00x: the device never waited for input).
 - data: the training input pipeline alone (reading, decoding, the host's part of the config's
   augmentation recipe, batching) with the config's worker count: samples/s and samples/s per
   worker core. Where data.augment.on_device resolves to the device (GPUs, TPUs), the warps,
@@ -181,6 +183,15 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
       jax.block_until_ready((state, acc))
       total = time.perf_counter() - t0
       loader = {k: batches.timings[k] - before[k] for k in before}
+      # The same step on the last batch, back to back, with no loader in the way: the loop's
+      # step time over this one says whether the input held the device up. The training thread
+      # can also wait on the loader while the device still works through steps it queued, so
+      # the input-wait fraction alone overstates the input's cost on accelerators.
+      t1 = time.perf_counter()
+      for _ in range(steps):
+        state, acc = compiled(state, batch, acc)
+      jax.block_until_ready((state, acc))
+      alone = (time.perf_counter() - t1) / steps
     finally:
       batches.close()
   per_batch = lambda k: 1e3 * loader[k] / max(loader["batches"], 1)  # noqa: E731
@@ -189,6 +200,7 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
           "augment_on": "device" if pipeline.augment_on_device(config.data.augment) else "host",
           "images_per_s": steps * config.data.batch_size / total,
           "ms_per_step": 1e3 * total / steps, "input_wait": wait / total, "steps": steps,
+          "ms_per_step_alone": 1e3 * alone, "loop_over_step": total / steps / alone,
           # The prefetch thread, per batch: waiting on Grain's workers / putting on the devices.
           "loader_read_ms": per_batch("read_s"), "loader_transfer_ms": per_batch("transfer_s")}
 
@@ -213,7 +225,8 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
     print(f"loop  | {r['model']} b{r['batch']} {r['image_size']}px, {r['workers']} workers, "
           f"augmentation on the {r['augment_on']} | "
           f"{r['ms_per_step']:.1f} ms/step | {r['images_per_s']:.1f} img/s | "
-          f"input wait {100 * r['input_wait']:.0f}% | loader thread per batch: "
+          f"input wait {100 * r['input_wait']:.0f}% | step alone {r['ms_per_step_alone']:.1f} ms "
+          f"(loop {r['loop_over_step']:.2f}x it) | loader thread per batch: "
           f"{r['loader_read_ms']:.1f} ms waiting on Grain, {r['loader_transfer_ms']:.1f} ms to "
           "device", flush=True)
     results.append(r)
