@@ -7,7 +7,8 @@
 #                            carry=[".whl"]; JAXSEG_COMMIT=<hash> names the commit in the tables
 #   dry run on a CPU here:   GPU_SESSION_DRY=1 bash benchmarks/gpu_session.sh [PHASE ...]
 #
-# Phases (default: gate loop_gi loop vs_unet, 560 s at most with env; vs_unext, models,
+# Phases (default: gate loop_gi models, 560 s at most with env: the GI loop with its loop-over-
+# step ratio and the registry models no GPU run has measured yet; vs_unet, vs_unext, loop,
 # profile, flags and data fit a second call):
 #   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
 #             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)
@@ -15,7 +16,8 @@
 #   vs_unext  channels_last, and torch.compile
 #   loop      the real loop on synthetic LGG files (reader, Grain workers, augmentation, device
 #             prefetch) with each of LOOP_WORKERS worker counts (0: in the training process):
-#             input-wait share of the step, the prefetch thread's wait on Grain and device puts
+#             input-wait share of the step, the prefetch thread's wait on Grain and device puts,
+#             and the loop's step time over the same step run without the loader
 #   loop_gi   the same for configs/gi_cnn_scratch.py (CLAHE on the host; warps, noise and blur
 #             in the step, data.augment.on_device=auto) with each of GI_WORKERS worker counts,
 #             then GI_WORKERS' last count with the recipe on the host (on_device=host)
@@ -32,7 +34,9 @@ OUT=${OUT:-benchmarks/results/gpu-session}
 mkdir -p "$OUT"
 LOG=$OUT/session.log
 export PYTHONUNBUFFERED=1 OUT
-MODELS_ONLY=${MODELS_ONLY:-Buda,unext,unet3d,unetpp_efficientnet_b3}
+# The suite rows (benchmarks/models.py) without GPU numbers yet: UNet, UNeXt, UNet++ with
+# EfficientNet-B3 and the 3-D UNet were measured on the H200 / H100 (BUILD.md).
+MODELS_ONLY=${MODELS_ONLY:-vgg16,resnet50,resunet,GI scratch,unet_efficientnet_b3,BraTS 2-D}
 LOOP_WORKERS=${LOOP_WORKERS:-0 4 8}
 GI_WORKERS=${GI_WORKERS:-6 12}
 # The loop sweep compiles the same UNet step once per worker count: later ones hit this cache.
@@ -118,7 +122,7 @@ profile_unet() {
   ls -l "$OUT/unet_step.xplane.pb"
 }
 
-[ $# -gt 0 ] || set -- gate loop_gi loop vs_unet
+[ $# -gt 0 ] || set -- gate loop_gi models
 phase env 20 sh -c "nvidia-smi -L 2>/dev/null; $PY -c 'import jax, flax, optax, orbax.checkpoint, grain, torch; print(\"jax\", jax.__version__, \"flax\", flax.__version__, \"optax\", optax.__version__, \"torch\", torch.__version__); print(jax.devices())'"
 for p in "$@"; do
   case $p in
@@ -134,7 +138,7 @@ print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; e
     loop) phase loop 150 loop_sweep lgg_unet "'$LOOP_WORKERS'" ;;
     loop_gi) phase loop_gi 200 gi_loops ;;
     data) phase data 70 $PY benchmarks/data.py $DATA --out="$OUT" ;;
-    models) phase models ${MODELS_LIMIT:-140} $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
+    models) phase models ${MODELS_LIMIT:-300} $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
     profile) phase profile 40 profile_unet ;;
     flags) phase flags 120 flags_sweep ;;
     *) echo "unknown phase $p"; exit 2 ;;

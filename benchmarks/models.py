@@ -3,17 +3,20 @@
   .venv/bin/python benchmarks/models.py --steps=20 --batch=4            # writes benchmarks/results/
   .venv/bin/python benchmarks/models.py --steps=50 --batch=16 --dtype=bfloat16   # on a GPU
 
-For each model: parameters, forward FLOPs per example (XLA cost analysis), compile time, median
-train-step time with its 10th-90th percentile spread, images/s, model FLOPs utilisation (MFU,
-against jaxseg.hardware's peak: a datasheet rate on accelerators, a measured matmul on CPUs) and
-XLA's memory for the step. Results go to a markdown table and a JSON file named after the
-date and device, with the jax version and git commit, so numbers from different runs are never
-mixed up. Compare models only within one file: these machines are noisy across runs.
+For each model: parameters, forward FLOPs per example (its convolutions and matmuls counted from
+the jaxpr, jaxseg.hardware.forward_flops), compile time, median train-step time with its
+10th-90th percentile spread, images/s, model FLOPs utilisation (MFU, against jaxseg.hardware's
+peak: a datasheet rate on accelerators, a measured matmul on CPUs) and XLA's memory for the
+step. Results go to a markdown table and a JSON file named after the date and device, with the
+jax version and git commit, rewritten after each row, so numbers from different runs are never
+mixed up and a run stopped at a time limit keeps its rows. Compare models only within one file:
+these machines are noisy across runs.
 """
 
 import datetime
 import json
 import os
+import re
 import sys
 
 import jax
@@ -58,9 +61,40 @@ _ONLY = flags.DEFINE_list("only", [], "substrings of suite names to run")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
 
 
+def _write(rows: list, meta: dict) -> str:
+  """The table so far, as markdown + JSON (rewritten after each row: a run stopped at a time
+  limit keeps the rows it finished). Returns the files' stem."""
+  os.makedirs(_OUT.value, exist_ok=True)
+  # Letters, digits, '.', '_' and '-' only: file names that any machine's file copy keeps.
+  subset = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-" + "-".join(_ONLY.value)) if _ONLY.value else ""
+  stem = os.path.join(_OUT.value,
+                      f"models-{meta['date']}-{meta['platform']}-{_DTYPE.value}{subset}")
+  with open(stem + ".json", "w") as f:
+    json.dump({"meta": meta, "rows": rows}, f, indent=1)
+  with open(stem + ".md", "w") as f:
+    f.write(f"{meta['date']} · {meta['devices']}x {meta['device']} · jax {meta['jax']} · "
+            f"commit {meta['commit']} · `{meta['command']}`\n\n")
+    if rows:
+      f.write(f"Peak for MFU: {rows[0]['peak_tflops']:.3f} TFLOP/s, {rows[0]['peak_source']}.\n\n")
+    f.write("| model | input | batch | params | GFLOP fwd / example | compile s | ms / step "
+            "(p10-p90) | images / s | MFU | step memory MB |\n"
+            "|---|---|---|---|---|---|---|---|---|---|\n")
+    for r in rows:
+      f.write(f"| {r['name']} | {r['input']} | {r['batch']} | {r['params']:,} | "
+              f"{r['gflop_fwd_per_example']:.2f} | {r['compile_s']:.1f} | "
+              f"{r['ms_per_step']:.0f} ({r['ms_p10']:.0f}-{r['ms_p90']:.0f}) | "
+              f"{r['images_per_s']:.2f} | {100 * r['mfu']:.1f}% | {r['xla_step_mb']:.0f} |\n")
+  return stem
+
+
 def main(argv):
   del argv
+  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+          "platform": jax.devices()[0].platform, "devices": jax.device_count(),
+          "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
+          "dtype": _DTYPE.value}
   rows = []
+  stem = _write(rows, meta)
   for name, (model_kw, data_kw) in SUITE.items():
     if _ONLY.value and not any(s in name for s in _ONLY.value):
       continue
@@ -81,29 +115,7 @@ def main(argv):
     print(f"{name}: {r['params']:,} params | {r['gflop_fwd_per_example']:.2f} GFLOP fwd/ex | "
           f"{r['ms_per_step']:.0f} ms/step | {r['images_per_s']:.2f} img/s | "
           f"MFU {100 * r['mfu']:.1f}%", flush=True)
-  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
-          "platform": jax.devices()[0].platform, "devices": jax.device_count(),
-          "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
-          "dtype": _DTYPE.value}
-  os.makedirs(_OUT.value, exist_ok=True)
-  subset = "-" + "-".join(_ONLY.value) if _ONLY.value else ""
-  stem = os.path.join(_OUT.value,
-                      f"models-{meta['date']}-{meta['platform']}-{_DTYPE.value}{subset}")
-  with open(stem + ".json", "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(f"{meta['date']} · {meta['devices']}x {meta['device']} · jax {meta['jax']} · "
-            f"commit {meta['commit']} · `{meta['command']}`\n\n")
-    if rows:
-      f.write(f"Peak for MFU: {rows[0]['peak_tflops']:.3f} TFLOP/s, {rows[0]['peak_source']}.\n\n")
-    f.write("| model | input | batch | params | GFLOP fwd / example | compile s | ms / step "
-            "(p10-p90) | images / s | MFU | step memory MB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
-    for r in rows:
-      f.write(f"| {r['name']} | {r['input']} | {r['batch']} | {r['params']:,} | "
-              f"{r['gflop_fwd_per_example']:.2f} | {r['compile_s']:.1f} | "
-              f"{r['ms_per_step']:.0f} ({r['ms_p10']:.0f}-{r['ms_p90']:.0f}) | "
-              f"{r['images_per_s']:.2f} | {100 * r['mfu']:.1f}% | {r['xla_step_mb']:.0f} |\n")
+    _write(rows, meta)
   print(f"wrote {stem}.md and .json")
 
 
