@@ -6,12 +6,12 @@ the train-step rate of the configs it feeds, so the table says whether the loade
   .venv/bin/python benchmarks/data.py --workers=0,1,2,4,8,16   # on a many-core GPU host
 
 Each row: config, workers, samples/s, samples/s per worker core. The step rows use
-`bench_step` at the config's own batch and image size.
+`bench_step` at the config's own batch and image size. The tables are rewritten after each row
+(result_files.py).
 """
 
 import datetime
 import importlib
-import json
 import os
 import sys
 
@@ -20,6 +20,8 @@ from absl import app, flags
 
 from jaxseg.bench import bench_data, bench_step, git_commit
 from jaxseg.cli import reexec_with_malloc_defaults
+
+import result_files
 
 _CONFIGS = flags.DEFINE_list("configs", ["gi_cnn_scratch", "lgg_unet", "brats_2d", "brats_3d"],
                              "configs/ modules to measure")
@@ -35,9 +37,26 @@ def _config(name):
   return importlib.import_module(f"configs.{name}").get_config()
 
 
+def _write(meta: dict, rows: list, steps: list) -> str:
+  markdown = (f"{meta['date']} · {meta['cpus']} CPUs · {meta['device']} · jax {meta['jax']} · "
+              f"commit {meta['commit']} · `{meta['command']}`\n\n")
+  markdown += result_files.table(
+      ["config", "source", "image", "batch", "workers", "samples / s", "per worker core"],
+      [[r["config"], r["source"], r["image_size"], r["batch"], r["workers"],
+        f"{r['samples_per_s']:.1f}", f"{r['samples_per_s_per_core']:.1f}"] for r in rows])
+  markdown += "\n" + result_files.table(
+      ["train step of", "batch", "images / s"],
+      [[r["config"], r["batch"], f"{r['images_per_s']:.2f}"] for r in steps])
+  return result_files.write(result_files.stem(_OUT.value, "data", meta["date"], meta["platform"]),
+                            {"meta": meta, "data": rows, "step": steps}, markdown)
+
+
 def main(argv):
   del argv
-  rows = []
+  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+          "platform": jax.devices()[0].platform, "cpus": os.cpu_count(), "jax": jax.__version__,
+          "command": " ".join(sys.argv), "commit": git_commit()}
+  rows, steps = [], []
   for name in _CONFIGS.value:
     for workers in map(int, _WORKERS.value):
       c = _config(name)
@@ -47,32 +66,15 @@ def main(argv):
       rows.append(r)
       print(f"data {name} workers={workers}: {r['samples_per_s']:.1f} samples/s "
             f"({r['samples_per_s_per_core']:.1f} per worker core)", flush=True)
-  steps = []
+      _write(meta, rows, steps)
   for name in _STEP.value:
     c = _config(name)
     r = bench_step(c, steps=_STEPS.value, warmup=1)
     r["config"] = name
     steps.append(r)
     print(f"step {name}: {r['images_per_s']:.2f} images/s (batch {r['batch']})", flush=True)
-  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
-          "cpus": os.cpu_count(), "jax": jax.__version__, "command": " ".join(sys.argv),
-          "commit": git_commit()}
-  os.makedirs(_OUT.value, exist_ok=True)
-  stem = os.path.join(_OUT.value, f"data-{meta['date']}-{jax.devices()[0].platform}")
-  with open(stem + ".json", "w") as f:
-    json.dump({"meta": meta, "data": rows, "step": steps}, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(f"{meta['date']} · {meta['cpus']} CPUs · {meta['device']} · jax {meta['jax']} · "
-            f"commit {meta['commit']} · `{meta['command']}`\n\n")
-    f.write("| config | source | image | batch | workers | samples / s | per worker core |\n"
-            "|---|---|---|---|---|---|---|\n")
-    for r in rows:
-      f.write(f"| {r['config']} | {r['source']} | {r['image_size']} | {r['batch']} | "
-              f"{r['workers']} | {r['samples_per_s']:.1f} | {r['samples_per_s_per_core']:.1f} |\n")
-    f.write("\n| train step of | batch | images / s |\n|---|---|---|\n")
-    for r in steps:
-      f.write(f"| {r['config']} | {r['batch']} | {r['images_per_s']:.2f} |\n")
-  print(f"wrote {stem}.md and .json")
+    _write(meta, rows, steps)
+  print(f"wrote {_write(meta, rows, steps)}.md and .json")
 
 
 if __name__ == "__main__":

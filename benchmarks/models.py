@@ -8,15 +8,13 @@ the jaxpr, jaxseg.hardware.forward_flops), compile time, median train-step time 
 10th-90th percentile spread, images/s, model FLOPs utilisation (MFU, against jaxseg.hardware's
 peak: a datasheet rate on accelerators, a measured matmul on CPUs) and XLA's memory for the
 step. Results go to a markdown table and a JSON file named after the date and device, with the
-jax version and git commit, rewritten after each row, so numbers from different runs are never
-mixed up and a run stopped at a time limit keeps its rows. Compare models only within one file:
-these machines are noisy across runs.
+jax version and git commit, so numbers from different runs are never mixed up (rewritten after
+each row: result_files.py). Compare models only within one file: these machines are noisy
+across runs.
 """
 
 import datetime
-import json
 import os
-import re
 import sys
 
 import jax
@@ -26,6 +24,8 @@ from jaxseg import models
 from jaxseg.bench import bench_step, git_commit
 from jaxseg.cli import reexec_with_malloc_defaults
 from jaxseg.config import default_config
+
+import result_files
 
 # name: (model overrides, data overrides) -- the projects' networks and input sizes.
 SUITE = {
@@ -62,29 +62,20 @@ _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "resul
 
 
 def _write(rows: list, meta: dict) -> str:
-  """The table so far, as markdown + JSON (rewritten after each row: a run stopped at a time
-  limit keeps the rows it finished). Returns the files' stem."""
-  os.makedirs(_OUT.value, exist_ok=True)
-  # Letters, digits, '.', '_' and '-' only: file names that any machine's file copy keeps.
-  subset = re.sub(r"[^A-Za-z0-9_.-]+", "_", "-" + "-".join(_ONLY.value)) if _ONLY.value else ""
-  stem = os.path.join(_OUT.value,
-                      f"models-{meta['date']}-{meta['platform']}-{_DTYPE.value}{subset}")
-  with open(stem + ".json", "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(f"{meta['date']} · {meta['devices']}x {meta['device']} · jax {meta['jax']} · "
-            f"commit {meta['commit']} · `{meta['command']}`\n\n")
-    if rows:
-      f.write(f"Peak for MFU: {rows[0]['peak_tflops']:.3f} TFLOP/s, {rows[0]['peak_source']}.\n\n")
-    f.write("| model | input | batch | params | GFLOP fwd / example | compile s | ms / step "
-            "(p10-p90) | images / s | MFU | step memory MB |\n"
-            "|---|---|---|---|---|---|---|---|---|---|\n")
-    for r in rows:
-      f.write(f"| {r['name']} | {r['input']} | {r['batch']} | {r['params']:,} | "
-              f"{r['gflop_fwd_per_example']:.2f} | {r['compile_s']:.1f} | "
-              f"{r['ms_per_step']:.0f} ({r['ms_p10']:.0f}-{r['ms_p90']:.0f}) | "
-              f"{r['images_per_s']:.2f} | {100 * r['mfu']:.1f}% | {r['xla_step_mb']:.0f} |\n")
-  return stem
+  markdown = (f"{meta['date']} · {meta['devices']}x {meta['device']} · jax {meta['jax']} · "
+              f"commit {meta['commit']} · `{meta['command']}`\n\n")
+  if rows:
+    markdown += f"Peak for MFU: {rows[0]['peak_tflops']:.3f} TFLOP/s, {rows[0]['peak_source']}.\n\n"
+  markdown += result_files.table(
+      ["model", "input", "batch", "params", "GFLOP fwd / example", "compile s",
+       "ms / step (p10-p90)", "images / s", "MFU", "step memory MB"],
+      [[r["name"], r["input"], r["batch"], f"{r['params']:,}", f"{r['gflop_fwd_per_example']:.2f}",
+        f"{r['compile_s']:.1f}", f"{r['ms_per_step']:.0f} ({r['ms_p10']:.0f}-{r['ms_p90']:.0f})",
+        f"{r['images_per_s']:.2f}", f"{100 * r['mfu']:.1f}%", f"{r['xla_step_mb']:.0f}"]
+       for r in rows])
+  return result_files.write(
+      result_files.stem(_OUT.value, "models", meta["date"], meta["platform"], _DTYPE.value,
+                        *_ONLY.value), {"meta": meta, "rows": rows}, markdown)
 
 
 def main(argv):
@@ -94,7 +85,6 @@ def main(argv):
           "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
           "dtype": _DTYPE.value}
   rows = []
-  stem = _write(rows, meta)
   for name, (model_kw, data_kw) in SUITE.items():
     if _ONLY.value and not any(s in name for s in _ONLY.value):
       continue
@@ -116,7 +106,7 @@ def main(argv):
           f"{r['ms_per_step']:.0f} ms/step | {r['images_per_s']:.2f} img/s | "
           f"MFU {100 * r['mfu']:.1f}%", flush=True)
     _write(rows, meta)
-  print(f"wrote {stem}.md and .json")
+  print(f"wrote {_write(rows, meta)}.md and .json")
 
 
 if __name__ == "__main__":

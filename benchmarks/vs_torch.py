@@ -26,11 +26,12 @@ import torch
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(__file__))
-import torch_models  # noqa: E402
-
 from jaxseg.bench import bench_step, git_commit  # noqa: E402
 from jaxseg.cli import reexec_with_malloc_defaults  # noqa: E402
 from jaxseg.config import default_config  # noqa: E402
+
+import result_files  # noqa: E402
+import torch_models  # noqa: E402
 
 _MODELS = flags.DEFINE_list("models", ["unet", "unext"], "models to compare")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "square input sides")
@@ -134,26 +135,22 @@ def run_child(spec: dict) -> None:
 
 
 def write_tables(meta: dict, rows: list) -> str:
-  """Writes the .json and .md tables; called after every row so that a run stopped at its time
-  limit (a lent GPU's lease) still leaves what it measured."""
-  os.makedirs(_OUT.value, exist_ok=True)
-  stem = os.path.join(_OUT.value, f"vs_torch-{meta['date']}-{meta['platform']}-{meta['dtype']}")
-  if _MODELS.value != _MODELS.default:
-    stem += "-" + "-".join(_MODELS.value)
-  with open(stem + ".json", "w") as f:
-    json.dump({"meta": meta, "rows": rows}, f, indent=1)
-  with open(stem + ".md", "w") as f:
-    f.write(f"{meta['date']} · {meta['device']} ({meta['cpus']} CPUs) · jax {meta['jax']} · "
-            f"torch {meta['torch']} · {meta['dtype']} · commit {meta['commit']} · "
-            f"`{meta['command']}`\n\nSynced: each step timed to its end (median); unsynced: the "
-            "steps back to back, one sync at the end, as a training loop runs them.\n\n"
-            "| model | input | batch | torch | JAX img/s | torch img/s | JAX / torch | "
-            "unsynced JAX / torch | JAX MFU |\n|---|---|---|---|---|---|---|---|---|\n")
-    for r in rows:
-      f.write(f"| {r['model']} | {r['size']} | {r['batch']} | {r['torch_mode']} | "
-              f"{r['jax_images_per_s']:.2f} | {r['torch_images_per_s']:.2f} | "
-              f"{r['ratio']:.2f} | {r['ratio_unsynced']:.2f} | {100 * r['jax_mfu']:.1f}% |\n")
-  return stem
+  """The .json and .md tables; called after every row (result_files.py)."""
+  markdown = (
+      f"{meta['date']} · {meta['device']} ({meta['cpus']} CPUs) · jax {meta['jax']} · "
+      f"torch {meta['torch']} · {meta['dtype']} · commit {meta['commit']} · "
+      f"`{meta['command']}`\n\nSynced: each step timed to its end (median); unsynced: the "
+      "steps back to back, one sync at the end, as a training loop runs them.\n\n")
+  markdown += result_files.table(
+      ["model", "input", "batch", "torch", "JAX img/s", "torch img/s", "JAX / torch",
+       "unsynced JAX / torch", "JAX MFU"],
+      [[r["model"], r["size"], r["batch"], r["torch_mode"], f"{r['jax_images_per_s']:.2f}",
+        f"{r['torch_images_per_s']:.2f}", f"{r['ratio']:.2f}", f"{r['ratio_unsynced']:.2f}",
+        f"{100 * r['jax_mfu']:.1f}%"] for r in rows])
+  subset = _MODELS.value if _MODELS.value != _MODELS.default else []
+  return result_files.write(
+      result_files.stem(_OUT.value, "vs_torch", meta["date"], meta["platform"], meta["dtype"],
+                        *subset), {"meta": meta, "rows": rows}, markdown)
 
 
 def main(argv):

@@ -1,0 +1,21 @@
+"""benchmarks/result_files.py: the names and files every benchmark script writes."""
+
+import json
+
+from benchmarks.result_files import stem, table, write
+
+
+def test_stem_keeps_names_a_device_copy_keeps(tmp_path):
+  s = stem(str(tmp_path), "models", "2026-11-26", "gpu", "", "GI scratch", "BraTS 2-D")
+  assert s == str(tmp_path / "models-2026-11-26-gpu-GI_scratch-BraTS_2-D")
+
+
+def test_write_rewrites_both_files_whole(tmp_path):
+  path = stem(str(tmp_path / "out"), "vs_torch", "cpu")
+  header = ["model", "img/s"]
+  write(path, {"rows": [{"model": "unet"}]}, table(header, [["unet", "1.00"]]))
+  write(path, {"rows": [{"model": "unet"}, {"model": "unext"}]},
+        table(header, [["unet", "1.00"], ["unext", "2.50"]]))
+  assert json.loads(open(path + ".json").read())["rows"][1] == {"model": "unext"}
+  assert open(path + ".md").read() == ("| model | img/s |\n|---|---|\n| unet | 1.00 |\n"
+                                       "| unext | 2.50 |\n")
