@@ -23,7 +23,8 @@
 #             then GI_WORKERS' last count with the recipe on the host (on_device=host)
 #   data      benchmarks/data.py: the LGG and GI input pipelines alone by worker count
 #   models    benchmarks/models.py over MODELS_ONLY (compile, step, MFU, memory)
-#   profile   a jax.profiler trace of 20 UNet bfloat16 steps; the .xplane.pb comes back
+#   profile   a jax.profiler trace of 20 UNet bfloat16 steps: step_profile.py's kernel table, and
+#             the trace and HLO in unet_trace/ (step_profile.py --from_trace reads them here)
 #   flags     the UNet bfloat16 step (synced and unsynced) under each XLA flag set of FLAG_SETS
 # Each phase runs under its own time limit so that one slow phase (a long compile) cannot eat the
 # lease. All output goes to $OUT/session.log and the tables (.md/.json, rewritten after each
@@ -117,9 +118,14 @@ profile_unet() {
   rm -rf "$trace"
   $PY -m jaxseg bench --config=configs/lgg_unet.py --config.data.root= --what=step \
     $SMALL --bench_steps=20 --profile="$trace" || return
-  # The trace sits folders deep (plugins/profile/<run>/); only two levels come back.
-  find "$trace" -name '*.xplane.pb' -exec cp {} "$OUT/unet_step.xplane.pb" \;
-  ls -l "$OUT/unet_step.xplane.pb"
+  # The kernel table (benchmarks/step_profile.py, device kernels joined to the HLO by hlo_op),
+  # and the trace and HLO themselves, one folder down (deeper files do not come back), for
+  # reading again here with --from_trace.
+  $PY benchmarks/step_profile.py --from_trace="$trace" --steps=20 --out="$OUT" || return
+  mkdir -p "$OUT/unet_trace"
+  find "$trace" -name '*.trace.json.gz' -exec cp {} "$OUT/unet_trace/unet_step.trace.json.gz" \;
+  cp "$trace/train_step.hlo.txt" "$OUT/unet_trace/"
+  ls -l "$OUT/unet_trace"
 }
 
 [ $# -gt 0 ] || set -- gate loop_gi models
@@ -139,7 +145,7 @@ print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; e
     loop_gi) phase loop_gi 200 gi_loops ;;
     data) phase data 70 $PY benchmarks/data.py $DATA --out="$OUT" ;;
     models) phase models ${MODELS_LIMIT:-300} $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
-    profile) phase profile 40 profile_unet ;;
+    profile) phase profile 60 profile_unet ;;
     flags) phase flags 120 flags_sweep ;;
     *) echo "unknown phase $p"; exit 2 ;;
   esac

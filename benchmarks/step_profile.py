@@ -12,8 +12,13 @@ time per step by op_name scope (the model's module path, forward `jvp(...)` or b
 One correction the trace needs on CPU: XLA's CPU convolutions run asynchronously on the Eigen
 pool, and their event covers only the launch. Their time shows as gaps in which no kernel event
 is open; each such gap is counted here for the convolution launched last before it (also gaps
-between steps, a few ms, land on the step's last convolution). On GPUs kernel events cover the
-work and the gaps are the host's.
+between steps, a few ms, land on the step's last convolution). On GPUs the kernels are read from
+the device's processes ('/device:GPU:0' in the trace), each joined to its HLO instruction by
+the `hlo_op` its event carries (cuDNN's and cuBLAS's kernels under their custom call); there
+the kernel events cover the work, and the time between them is the device's idle time.
+
+`--from_trace=DIR` reads a trace and `train_step.hlo.txt` written earlier (`jaxseg bench
+--profile=DIR`, e.g. on a lent GPU machine whose files came back) instead of running the step.
 """
 
 import collections
@@ -40,6 +45,9 @@ _STEPS = flags.DEFINE_integer("steps", 10, "traced steps (after 5 warm-up steps)
 _DEPTH = flags.DEFINE_integer("depth", 3, "op_name scope depth to sum by")
 _TOP = flags.DEFINE_integer("top", 25, "rows per table")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
+_FROM = flags.DEFINE_string("from_trace", None, "a folder with a trace and train_step.hlo.txt "
+                            "(jaxseg bench --profile): read it instead of running the step; "
+                            "--steps must be the traced step count")
 
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%([\w.\-]+) = (.*?) ([\w\-]+)\(")
 _OP_NAME = re.compile(r'op_name="([^"]*)"')
@@ -66,12 +74,34 @@ def _kind(name: str, opcode: str) -> str:
   return "fusion"
 
 
+def _device_pids(events: list) -> set:
+  """The trace's accelerator processes ('/device:GPU:0', ...); none in a CPU trace."""
+  return {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+          and e.get("args", {}).get("name", "").startswith("/device:")}
+
+
+def _kernel_events(events: list, instructions: dict) -> list:
+  """(start, end, HLO instruction) of the trace's kernels: on CPU the host events named after
+  an instruction; with accelerator processes in the trace, their events, by their hlo_op."""
+  devices = _device_pids(events)
+  out = []
+  for e in events:
+    if e.get("ph") != "X":
+      continue
+    if devices:
+      name = e.get("args", {}).get("hlo_op") if e.get("pid") in devices else None
+    else:
+      name = e.get("name")
+    if name in instructions:
+      out.append((e["ts"], e["ts"] + e["dur"], name))
+  return sorted(out)
+
+
 def summarize(events: list, instructions: dict, steps: int, depth: int = 3) -> dict:
   """Per-step milliseconds from trace events ("X" events with name, ts, dur in microseconds):
   by kernel, by op_name scope (`depth` levels), by kind, and the kernel-free gaps, each counted
   for the convolution launched last before it."""
-  kernels = sorted((e["ts"], e["ts"] + e["dur"], e["name"]) for e in events
-                   if e.get("ph") == "X" and e.get("name") in instructions)
+  kernels = _kernel_events(events, instructions)
   per_kernel, per_scope, per_kind = (collections.defaultdict(float) for _ in range(3))
   gaps = collections.defaultdict(float)
   open_until, last_conv = None, None  # kernels are sorted by start: the latest end so far
@@ -105,21 +135,42 @@ def _table(title: str, rows: dict, top: int, describe=None) -> list:
 def render(s: dict, meta: dict, top: int) -> str:
   ins = s["instructions"]
   describe = lambda n: (f"{ins[n][1]} {ins[n][0][:40]}" if n in ins else "")  # noqa: E731
+  cpu = meta.get("platform", "cpu") == "cpu"
   conv_ms = sum(v for k, v in s["conv_gaps"].items() if k != "(none)")
+  gaps = (f"kernel-free gaps after convolutions {conv_ms:.1f} ms (asynchronous CPU convolutions; "
+          "see the script's docstring)" if cpu else
+          f"idle between kernels {s['span_ms'] - s['kernel_union_ms']:.1f} ms")
   lines = [f"{meta['date']} · {meta['device']} · jax {meta['jax']} · commit {meta['commit']} · "
            f"`{meta['command']}`", "",
-           f"Step: {meta['ms_per_step']:.1f} ms median synced ({meta['steps']} traced steps). "
-           f"Per step: trace span {s['span_ms']:.1f} ms, kernel events open {s['kernel_union_ms']:.1f}"
-           f" ms, kernel-free gaps after convolutions {conv_ms:.1f} ms (asynchronous CPU "
-           "convolutions; see the script's docstring)."]
+           (f"Step: {meta['ms_per_step']:.1f} ms median synced ({meta['steps']} traced steps). "
+            if meta.get("ms_per_step") else f"{meta['steps']} traced steps. ") +
+           f"Per step: trace span {s['span_ms']:.1f} ms, kernel events open "
+           f"{s['kernel_union_ms']:.1f} ms, {gaps}."]
   lines += _table("By op_name scope (kernel events)", s["scopes"], top)
   lines += _table("By kind (kernel events)", s["kinds"], top)
   where = lambda n: (f" {ins[n][2].replace('jit(train_step)/', '')[:70]}"  # noqa: E731
                      if n in ins else "")
-  lines += _table("Kernel-free gaps by the convolution launched before them", s["conv_gaps"], top,
-                  lambda n: describe(n) + where(n))
+  if cpu:
+    lines += _table("Kernel-free gaps by the convolution launched before them", s["conv_gaps"],
+                    top, lambda n: describe(n) + where(n))
   lines += _table("Largest kernels", s["kernels"], top, lambda n: describe(n) + where(n))
   return "\n".join(lines) + "\n"
+
+
+def read_trace(trace_dir: str) -> tuple:
+  """(trace events, HLO instructions) from a `jaxseg bench --profile=DIR` folder."""
+  trace = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
+  with gzip.open(trace) as f:
+    events = json.load(f)["traceEvents"]
+  with open(os.path.join(trace_dir, "train_step.hlo.txt")) as f:
+    return events, hlo_instructions(f.read())
+
+
+def trace_device(events: list) -> str:
+  """The first accelerator process's name ('/device:GPU:0'), or 'cpu'."""
+  names = sorted(e["args"]["name"] for e in events if e.get("ph") == "M"
+                 and e.get("name") == "process_name" and e["pid"] in _device_pids(events))
+  return names[0] if names else "cpu"
 
 
 def main(argv):
@@ -128,25 +179,26 @@ def main(argv):
 
   from jaxseg.bench import bench_step, git_commit
   from jaxseg.config import default_config
-  c = default_config()
-  c.model.name, c.model.features, c.model.dtype = _MODEL.value, _FEATURES.value, _DTYPE.value
-  c.data.image_size, c.data.batch_size = _SIZE.value, _BATCH.value
-  trace_dir = tempfile.mkdtemp(prefix="jaxseg-profile-")
-  r = bench_step(c, steps=_STEPS.value, warmup=5, profile_dir=trace_dir)
-  trace = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)[0]
-  with gzip.open(trace) as f:
-    events = json.load(f)["traceEvents"]
-  with open(os.path.join(trace_dir, "train_step.hlo.txt")) as f:
-    instructions = hlo_instructions(f.read())
-  s = summarize(events, instructions, _STEPS.value, _DEPTH.value)
-  platform = jax.devices()[0].platform
-  meta = {"date": datetime.date.today().isoformat(), "device": r["device"], "jax": jax.__version__,
+  meta = {"date": datetime.date.today().isoformat(), "jax": jax.__version__,
           "commit": git_commit(), "command": " ".join(["benchmarks/step_profile.py", *sys.argv[1:]]),
-          "ms_per_step": r["ms_per_step"], "steps": _STEPS.value}
-  text = render(s, meta, _TOP.value)
+          "steps": _STEPS.value}
+  if _FROM.value:
+    trace_dir, name = _FROM.value, "trace"
+    events, instructions = read_trace(trace_dir)
+    meta["device"] = trace_device(events)
+    meta["platform"] = meta["device"].split(":")[1].lower() if ":" in meta["device"] else "cpu"
+  else:
+    c = default_config()
+    c.model.name, c.model.features, c.model.dtype = _MODEL.value, _FEATURES.value, _DTYPE.value
+    c.data.image_size, c.data.batch_size = _SIZE.value, _BATCH.value
+    trace_dir, name = tempfile.mkdtemp(prefix="jaxseg-profile-"), f"{c.model.name}-{_SIZE.value}"
+    r = bench_step(c, steps=_STEPS.value, warmup=5, profile_dir=trace_dir)
+    events, instructions = read_trace(trace_dir)
+    meta.update(device=r["device"], platform=jax.devices()[0].platform,
+                ms_per_step=r["ms_per_step"])
+  text = render(summarize(events, instructions, _STEPS.value, _DEPTH.value), meta, _TOP.value)
   os.makedirs(_OUT.value, exist_ok=True)
-  path = os.path.join(_OUT.value, f"profile-{c.model.name}-{_SIZE.value}-{meta['date']}-"
-                      f"{platform}.md")
+  path = os.path.join(_OUT.value, f"profile-{name}-{meta['date']}-{meta['platform']}.md")
   with open(path, "w") as f:
     f.write(text)
   print(text)

@@ -44,3 +44,36 @@ def test_gaps_before_any_convolution_are_counted_apart():
   ins = hlo_instructions(HLO)
   s = summarize([_event("add_fusion", 0, 100), _event("conv.1", 300, 310)], ins, steps=1)
   assert s["conv_gaps"] == {"(none)": 0.2}
+
+
+def test_a_gpu_trace_counts_the_device_kernels_by_their_hlo_op(tmp_path):
+  import gzip
+  import json
+
+  from benchmarks.step_profile import read_trace, trace_device
+  hlo = HLO.replace("convolution(%p, %w)", "custom-call(%p, %w)")  # cuDNN: a custom call
+  events = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}},
+            _event("add_fusion", 0, 50),  # the host's side of a launch: not a kernel
+            {**_event("sm90_xmma_fprop_implicit_gemm", 100, 300), "pid": 2,
+             "args": {"hlo_op": "conv.1"}},
+            {**_event("sm90_xmma_fprop_splitk_reduce", 300, 340), "pid": 2,
+             "args": {"hlo_op": "conv.1"}},  # a second kernel of the same custom call
+            {**_event("loop_add_fusion", 400, 500), "pid": 2, "args": {"hlo_op": "add_fusion"}},
+            {**_event("memcpy", 500, 520), "pid": 2, "args": {}}]  # no instruction: left out
+  for e in events[2:]:
+    e.setdefault("pid", 1)
+  (tmp_path / "plugins").mkdir()
+  with gzip.open(tmp_path / "plugins" / "host.trace.json.gz", "wt") as f:
+    json.dump({"traceEvents": events}, f)
+  (tmp_path / "train_step.hlo.txt").write_text(hlo)
+  events, ins = read_trace(str(tmp_path))
+  assert trace_device(events) == "/device:GPU:0"
+  s = summarize(events, ins, steps=1)
+  assert s["kernels"] == {"conv.1": 0.24, "add_fusion": 0.1}
+  assert s["kinds"] == {"custom-call": 0.24, "fusion": 0.1}
+  assert s["span_ms"] == 0.4 and s["kernel_union_ms"] == 0.34  # idle 100 us between them
+  text = render(s, {"date": "2026-11-26", "device": "/device:GPU:0", "jax": "0", "commit": "abc",
+                    "command": "x", "steps": 1, "platform": "gpu"}, top=10)
+  assert "idle between kernels 0.1 ms" in text and "Kernel-free gaps" not in text
+  assert "| 0.24 | custom-call" in text
