@@ -16,7 +16,7 @@ between steps, a few ms, land on the step's last convolution). On GPUs the kerne
 the device's processes ('/device:GPU:0' in the trace), each joined to its HLO instruction by
 the `hlo_op` its event carries (cuDNN's and cuBLAS's kernels under their custom call); there
 the kernel events cover the work, and the time between them is the device's idle time (this
-GPU reading was written from the trace format's documentation and tested on a synthetic trace;
+GPU reading follows how public tools read these traces and is tested on a synthetic trace;
 no GPU trace has been read with it yet).
 
 `--from_trace=DIR` reads a trace and `train_step.hlo.txt` written earlier (`jaxseg bench
