@@ -1,0 +1,116 @@
+// A probe, not part of jaxseg: a 3x3 stride-1 SAME convolution (NHWC input, HWIO kernel,
+// float32) by oneDNN, as three XLA FFI handlers (forward, input gradient, weight gradient), to
+// measure what a faster convolution library under XLA's CPU backend would give. See probe.py.
+#include <array>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "oneapi/dnnl/dnnl.hpp"
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+using tag = dnnl::memory::format_tag;
+using dt = dnnl::memory::data_type;
+
+namespace {
+dnnl::engine& Engine() {
+  static dnnl::engine e(dnnl::engine::kind::cpu, 0);
+  return e;
+}
+
+struct Conv {
+  dnnl::memory::desc src, dst, w_user;
+  dnnl::convolution_forward::primitive_desc fwd_pd;
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data::primitive_desc bwd_data_pd;
+  dnnl::convolution_backward_data bwd_data;
+  dnnl::convolution_backward_weights::primitive_desc bwd_w_pd;
+  dnnl::convolution_backward_weights bwd_w;
+};
+
+Conv& Get(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co) {
+  static std::map<std::array<int64_t, 5>, std::unique_ptr<Conv>> cache;
+  static std::mutex mu;
+  std::lock_guard<std::mutex> lock(mu);
+  std::array<int64_t, 5> key{n, h, w, ci, co};
+  auto it = cache.find(key);
+  if (it != cache.end()) return *it->second;
+  dnnl::memory::desc src({n, ci, h, w}, dt::f32, tag::nhwc);
+  dnnl::memory::desc dst({n, co, h, w}, dt::f32, tag::nhwc);
+  dnnl::memory::desc w_any({co, ci, 3, 3}, dt::f32, tag::any);
+  dnnl::memory::desc w_user({co, ci, 3, 3}, dt::f32, tag::hwio);
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+      Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
+      w_any, dst, {1, 1}, {1, 1}, {1, 1});
+  auto bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, {1, 1}, {1, 1}, {1, 1},
+      fwd_pd);
+  auto bwd_w_pd = dnnl::convolution_backward_weights::primitive_desc(
+      Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, {1, 1}, {1, 1}, {1, 1},
+      fwd_pd);
+  auto c = std::unique_ptr<Conv>(new Conv{src, dst, w_user, fwd_pd,
+                                          dnnl::convolution_forward(fwd_pd), bwd_data_pd,
+                                          dnnl::convolution_backward_data(bwd_data_pd), bwd_w_pd,
+                                          dnnl::convolution_backward_weights(bwd_w_pd)});
+  auto& ref = *c;
+  cache.emplace(key, std::move(c));
+  return ref;
+}
+
+// The user's HWIO kernel in the layout a primitive wants (a reorder when they differ).
+dnnl::memory Weights(const dnnl::memory::desc& want, const dnnl::memory& user, dnnl::stream& s) {
+  if (want == user.get_desc()) return user;
+  dnnl::memory m(want, Engine());
+  dnnl::reorder(user, m).execute(s, const_cast<dnnl::memory&>(user), m);
+  return m;
+}
+
+ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
+                   ffi::ResultBuffer<ffi::F32> y) {
+  auto xd = x.dimensions();
+  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], w.dimensions()[3]);
+  dnnl::stream s(Engine());
+  dnnl::memory wu(c.w_user, Engine(), w.typed_data());
+  dnnl::memory wm = Weights(c.fwd_pd.weights_desc(), wu, s);
+  dnnl::memory src(c.src, Engine(), x.typed_data()), dst(c.dst, Engine(), y->typed_data());
+  c.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst}});
+  s.wait();
+  return ffi::Error::Success();
+}
+
+ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
+                       ffi::ResultBuffer<ffi::F32> dx) {
+  auto gd = g.dimensions();
+  Conv& c = Get(gd[0], gd[1], gd[2], w.dimensions()[2], gd[3]);
+  dnnl::stream s(Engine());
+  dnnl::memory wu(c.w_user, Engine(), w.typed_data());
+  dnnl::memory wm = Weights(c.bwd_data_pd.weights_desc(), wu, s);
+  dnnl::memory ddst(c.dst, Engine(), g.typed_data()), dsrc(c.src, Engine(), dx->typed_data());
+  c.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wm},
+                         {DNNL_ARG_DIFF_SRC, dsrc}});
+  s.wait();
+  return ffi::Error::Success();
+}
+
+ffi::Error WgradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
+                     ffi::ResultBuffer<ffi::F32> dw) {
+  auto xd = x.dimensions();
+  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], g.dimensions()[3]);
+  dnnl::stream s(Engine());
+  dnnl::memory src(c.src, Engine(), x.typed_data()), ddst(c.dst, Engine(), g.typed_data());
+  dnnl::memory wu(c.w_user, Engine(), dw->typed_data());
+  bool reorder = c.bwd_w_pd.diff_weights_desc() != c.w_user;
+  dnnl::memory wm = reorder ? dnnl::memory(c.bwd_w_pd.diff_weights_desc(), Engine()) : wu;
+  c.bwd_w.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
+                      {DNNL_ARG_DIFF_WEIGHTS, wm}});
+  if (reorder) dnnl::reorder(wm, wu).execute(s, wm, wu);
+  s.wait();
+  return ffi::Error::Success();
+}
+}  // namespace
+
+#define BIND ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvFwd, FwdImpl, BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvBwdData, BwdDataImpl, BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvWgrad, WgradImpl, BIND);
