@@ -6,9 +6,10 @@ XLA's own CPU convolutions. Build first with build.sh (g++, oneDNN 3.2 wheels fr
   OMP_NUM_THREADS=2 .venv/bin/python benchmarks/onednn_probe/probe.py MODE SIZE [MODEL]
 
 MODE: xla (XLA's convolutions), wgrad (oneDNN for the weight gradients only), all (oneDNN for
-the forward pass and both gradients). The model runs with model.conv_impl=patches, whose
-convolution (jaxseg.models.conv.conv_patch_grad) is replaced here; other convolutions (strided,
-1x1, transposed) stay XLA's. Prints one RESULT line (median synced, p10, unsynced ms per step).
+the forward pass and both gradients). The UNet runs with model.conv_impl=patches, whose
+convolution (jaxseg.models.conv.conv_patch_grad) is replaced here, as is conv.conv_nd (UNeXt's
+encoder convolutions); other convolutions (strided, 1x1, transposed, flax's nn.Conv in UNeXt's
+decoder) stay XLA's. Prints one RESULT line (median synced, p10, unsynced ms per step).
 """
 
 import ctypes
@@ -95,7 +96,7 @@ def main():
   mode, size = sys.argv[1], int(sys.argv[2])
   model = sys.argv[3] if len(sys.argv) > 3 else "unet"
   if mode != "xla":
-    convmod.conv_patch_grad = make_conv(mode)
+    convmod.conv_patch_grad = convmod.conv_nd = make_conv(mode)
   from jaxseg.bench import bench_step
   from jaxseg.config import default_config
   c = default_config()
