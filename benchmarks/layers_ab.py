@@ -38,6 +38,8 @@ tests/test_xla_defaults.py check that):
 - upsample_grad: UNeXt's up-sampling (the per-axis stencil) differentiated by JAX (before)
   against the transposed stencil over the edge-padded gradient as its gradient
   (layers.upsample2_bilinear, after).
+- onednn_conv: XLA's CPU convolutions (before) against oneDNN's for the 3x3 stride-1 ones
+  (model.conv_impl=onednn, jaxseg.models.onednn; after).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -60,7 +62,7 @@ _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "dept
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
                                          "upsample_stencil", "pool_head",
                                          "depthwise_input_grad", "loss_view", "bn_max_pool",
-                                         "upsample_grad"],
+                                         "upsample_grad", "onednn_conv"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -85,6 +87,8 @@ MODELS = {
     "loss_view": _2D,
     "bn_max_pool": [("unext", {"features": 16}, {}, None)],
     "upsample_grad": [("unext", {"features": 16}, {}, None)],
+    "onednn_conv": [("unet", {"features": 32, "conv_impl": "onednn"}, {}, None),
+                    ("unext", {"features": 16, "conv_impl": "onednn"}, {}, None)],
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
@@ -197,6 +201,8 @@ def _use_before(change: str):
   elif change == "upsample_grad":
     from jaxseg.models import layers, unext
     unext.upsample2_bilinear = layers._upsample2  # the same stencil, differentiated by JAX
+  elif change == "onednn_conv":
+    pass  # the config: _measure sets model.conv_impl back to xla
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 
@@ -211,6 +217,8 @@ def _measure(spec: dict) -> dict:
   c = default_config()
   c.model.name = spec["model"]
   c.model.update(spec["overrides"])
+  if spec["before"] and spec["change"] == "onednn_conv":
+    c.model.conv_impl = "xla"
   c.data.image_size, c.data.batch_size = spec["size"], spec["batch"]
   c.data.update(spec["data"])
   return {"ms": bench_step(c, steps=spec["steps"], warmup=2)["ms_per_step"]}

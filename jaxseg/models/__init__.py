@@ -47,7 +47,7 @@ def _resunet(m, in_channels, out_channels):
 
 def _unext(m, in_channels, out_channels):
   return UNeXt(out_channels=out_channels, features=m.features, norm=m.norm,
-               dtype=compute_dtype(m.dtype))
+               dtype=compute_dtype(m.dtype), conv_impl=m.conv_impl)
 
 
 def _with_encoder(decoder, encoder):

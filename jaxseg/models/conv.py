@@ -3,6 +3,9 @@ XLA's CPU backend runs faster than its own: 3-D convolutions as sums of 2-D ones
 depthwise convolutions as shifted sums (`depthwise_conv`) and the 1x1 head's weight gradient as
 one reduction (`pointwise_conv`).
 
+With `impl="onednn"` the 3x3 stride-1 convolutions run on CPUs as oneDNN's (jaxseg.models.onednn:
+an optional, compiled extension), the others as XLA's.
+
 With `impl="patches"` the forward pass and the input gradient stay XLA convolutions and the
 weight gradient becomes one large matmul of the input's patches (im2col, built by slicing) with
 the output gradient. Measured on this project's 2-core CPU (2026-11-25, BUILD.md performance
@@ -21,8 +24,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxseg.hardware import cpu_backend
+from jaxseg.models import onednn
 
-IMPLS = ("xla", "patches")
+IMPLS = ("xla", "patches", "onednn")
 
 
 def _dimension_numbers(nd: int):
@@ -145,6 +149,8 @@ class Conv(nn.Module):
     strides = (self.strides,) * nd
     if self.impl == "patches":
       y = conv_patch_grad(x, kernel, strides, tuple(pads))
+    elif self.impl == "onednn":
+      y = onednn.conv(x, kernel, strides, tuple(pads), conv_nd)
     elif self.impl == "xla":
       y = conv_nd(x, kernel, strides, tuple(pads))
     else:

@@ -55,6 +55,7 @@ class UNeXt(nn.Module):
   features: int = 16  # first stage; stages are features x (1, 2, 8, 10, 16)
   norm: str = "batch"
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "xla"  # jaxseg.models.conv.Conv's impl for the 3x3 convolutions
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -63,7 +64,10 @@ class UNeXt(nn.Module):
     f = self.features
     c1, c2, c3, t1, t2 = f, 2 * f, 8 * f, 10 * f, 16 * f
     dt = self.dtype
-    conv = lambda n, name: nn.Conv(n, (3, 3), padding="SAME", dtype=dt, name=name)  # noqa: E731
+    def conv(n, name):  # nn.Conv's parameters either way
+      if self.conv_impl == "xla":
+        return nn.Conv(n, (3, 3), padding="SAME", dtype=dt, name=name)
+      return Conv(n, 3, dtype=dt, impl=self.conv_impl, name=name)
     norm = lambda name: Norm(self.norm, dt, name=name)  # noqa: E731
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=dt, name=name)  # noqa: E731
     x = x.astype(dt)
@@ -71,7 +75,8 @@ class UNeXt(nn.Module):
     for i, n in enumerate((c1, c2, c3)):
       # Conv -> norm -> max-pool -> ReLU; the conv's bias and the pool go to the norm, which
       # runs batch norm and the pool as one op (layers.Norm).
-      z, conv_bias = Conv(n, 3, dtype=dt, return_bias=True, name=f"enc_conv{i}")(x)
+      z, conv_bias = Conv(n, 3, dtype=dt, impl=self.conv_impl, return_bias=True,
+                          name=f"enc_conv{i}")(x)
       x = nn.relu(norm(f"enc_bn{i}")(z, train, offset=conv_bias, then_max_pool=True))
       skips.append(x)
     for i, n in enumerate((t1, t2)):

@@ -1,6 +1,8 @@
-// A probe, not part of jaxseg: a 3x3 stride-1 SAME convolution (NHWC input, HWIO kernel,
-// float32) by oneDNN, as three XLA FFI handlers (forward, input gradient, weight gradient), to
-// measure what a faster convolution library under XLA's CPU backend would give. See probe.py.
+// model.conv_impl=onednn: a 3x3 stride-1 SAME convolution (NHWC input, HWIO kernel, float32)
+// by oneDNN, the library under PyTorch's CPU convolutions, as three XLA FFI handlers: forward,
+// input gradient, weight gradient. jaxseg/models/onednn.py compiles it on first use and
+// registers the handlers; XLA's CPU convolutions ran the UNet's layers 1.2-2.8x slower
+// (BUILD.md performance notes). Primitives are built once per shape and cached.
 #include <array>
 #include <map>
 #include <memory>
