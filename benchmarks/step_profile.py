@@ -170,8 +170,9 @@ def read_trace(trace_dir: str) -> tuple:
 
 def trace_device(events: list) -> str:
   """The first accelerator process's name ('/device:GPU:0'), or 'cpu'."""
+  devices = _device_pids(events)
   names = sorted(e["args"]["name"] for e in events if e.get("ph") == "M"
-                 and e.get("name") == "process_name" and e["pid"] in _device_pids(events))
+                 and e.get("name") == "process_name" and e["pid"] in devices)
   return names[0] if names else "cpu"
 
 

@@ -22,7 +22,6 @@ import jax.numpy as jnp
 from jaxseg.hardware import cpu_backend
 
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "native", "onednn_conv.cc")
-DISTRIBUTIONS = ("onednn-cpu-gomp", "onednn-devel-cpu-gomp")
 _SAME = ((1, 1), (1, 1))
 
 
