@@ -5,7 +5,8 @@ before and after twice (the machine drifts) and keeping each side's best.
   .venv/bin/python benchmarks/layers_ab.py --changes=depthwise --steps=5
 
 Changes (every one keeps the parameters, outputs and gradients; tests/test_models.py and
-tests/test_xla_defaults.py check that):
+tests/test_xla_defaults.py check that). The changes up to onednn_conv were measured on XLA's
+convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and still are:
 - upconv_maxpool: flax's nn.ConvTranspose and nn.max_pool (before) against jaxseg's UpConv
   (matmul + depth-to-space) and max-pool (after; a reshape + max when first measured, now the
   strided-view max-pool of the max_pool change below).
@@ -40,6 +41,15 @@ tests/test_xla_defaults.py check that):
   (layers.upsample2_bilinear, after).
 - onednn_conv: XLA's CPU convolutions (before) against oneDNN's for the 3x3 stride-1 ones
   (model.conv_impl=onednn, jaxseg.models.onednn; after).
+- onednn_models: the other models with 3x3 stride-1 convolutions (ResUNet, the VGG16 and
+  ResNet50 UNets) on XLA's convolutions (before) against model.conv_impl=auto where oneDNN runs
+  (after), at 128 px.
+- omp_wait_passive: GNU OpenMP's default wait policy for oneDNN's threads (before: they spin a
+  while between parallel regions) against OMP_WAIT_POLICY=PASSIVE (after: they sleep, leaving
+  the cores to XLA's threads); UNet and UNeXt with model.conv_impl=auto.
+- head_input_grad: the 1x1 head's input gradient as JAX's derivative, a dot with K = the output
+  channels (before), against element-wise products summed over those channels
+  (conv._pointwise_input_gradient, after); measured with model.conv_impl=auto.
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -62,13 +72,16 @@ _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "dept
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
                                          "upsample_stencil", "pool_head",
                                          "depthwise_input_grad", "loss_view", "bn_max_pool",
-                                         "upsample_grad", "onednn_conv"],
+                                         "upsample_grad", "onednn_conv", "onednn_models",
+                                         "omp_wait_passive", "head_input_grad"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
 # change: the models it touches, as (name, model overrides, data overrides, sizes or None for
 # --sizes).
 _2D = [("unet", {"features": 32}, {}, None), ("unext", {"features": 16}, {}, None)]
+_2D_AUTO = [(name, {**overrides, "conv_impl": "auto"}, data, sizes)
+            for name, overrides, data, sizes in _2D]
 _3D = {"depth": 64, "in_channels": 4, "num_classes": 4, "task": "multiclass", "batch_size": 1}
 MODELS = {
     "upconv_maxpool": _2D,
@@ -89,11 +102,16 @@ MODELS = {
     "upsample_grad": [("unext", {"features": 16}, {}, None)],
     "onednn_conv": [("unet", {"features": 32, "conv_impl": "onednn"}, {}, None),
                     ("unext", {"features": 16, "conv_impl": "onednn"}, {}, None)],
+    "head_input_grad": _2D_AUTO,
+    "onednn_models": [("resunet", {"features": 32, "conv_impl": "auto"}, {}, [128]),
+                      ("unet_vgg16", {"features": 16, "conv_impl": "auto"}, {}, [128]),
+                      ("unet_resnet50", {"features": 16, "conv_impl": "auto"}, {}, [128])],
+    "omp_wait_passive": _2D_AUTO,
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
 # Changes that are the environment, set by the parent for the child.
-_ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
+_ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages", "omp_wait_passive")
 
 
 def _flax_up_conv(features, x, dtype, name=None):
@@ -201,8 +219,12 @@ def _use_before(change: str):
   elif change == "upsample_grad":
     from jaxseg.models import layers, unext
     unext.upsample2_bilinear = layers._upsample2  # the same stencil, differentiated by JAX
-  elif change == "onednn_conv":
+  elif change in ("onednn_conv", "onednn_models"):
     pass  # the config: _measure sets model.conv_impl back to xla
+  elif change == "head_input_grad":
+    from jaxseg.models import conv
+    conv._pointwise_reduced = conv.with_weight_gradient(conv.conv_nd,
+                                                        conv._pointwise_kernel_gradient)
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 
@@ -216,8 +238,9 @@ def _measure(spec: dict) -> dict:
   from jaxseg.config import default_config
   c = default_config()
   c.model.name = spec["model"]
+  c.model.conv_impl = "xla"  # as the earlier changes were measured; overrides may say otherwise
   c.model.update(spec["overrides"])
-  if spec["before"] and spec["change"] == "onednn_conv":
+  if spec["before"] and spec["change"] in ("onednn_conv", "onednn_models"):
     c.model.conv_impl = "xla"
   c.data.image_size, c.data.batch_size = spec["size"], spec["batch"]
   c.data.update(spec["data"])
@@ -231,6 +254,10 @@ def _run_child(spec: dict) -> float:
     env["JAXSEG_XLA_DEFAULTS"] = "0"
   if spec["change"] == "malloc_hugepages":
     env["GLIBC_TUNABLES"] = f"glibc.malloc.hugetlb={0 if spec['before'] else 1}"
+  if spec["change"] == "omp_wait_passive":
+    env.pop("OMP_WAIT_POLICY", None)
+    if not spec["before"]:
+      env["OMP_WAIT_POLICY"] = "PASSIVE"
   out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"], env=env,
                        check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])["ms"]

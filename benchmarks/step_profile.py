@@ -43,6 +43,7 @@ _FEATURES = flags.DEFINE_integer("features", 16, "model.features: 16 for UNeXt, 
 _SIZE = flags.DEFINE_integer("size", 256, "square input side")
 _BATCH = flags.DEFINE_integer("batch", 8, "batch size")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "model.dtype")
+_CONV_IMPL = flags.DEFINE_string("conv_impl", "auto", "model.conv_impl")
 _STEPS = flags.DEFINE_integer("steps", 10, "traced steps (after 5 warm-up steps)")
 _DEPTH = flags.DEFINE_integer("depth", 3, "op_name scope depth to sum by")
 _TOP = flags.DEFINE_integer("top", 25, "rows per table")
@@ -193,8 +194,10 @@ def main(argv):
   else:
     c = default_config()
     c.model.name, c.model.features, c.model.dtype = _MODEL.value, _FEATURES.value, _DTYPE.value
+    c.model.conv_impl = _CONV_IMPL.value
     c.data.image_size, c.data.batch_size = _SIZE.value, _BATCH.value
-    trace_dir, name = tempfile.mkdtemp(prefix="jaxseg-profile-"), f"{c.model.name}-{_SIZE.value}"
+    trace_dir = tempfile.mkdtemp(prefix="jaxseg-profile-")
+    name = f"{c.model.name}-{_SIZE.value}" + ("" if _CONV_IMPL.value == "auto" else f"-{_CONV_IMPL.value}")
     r = bench_step(c, steps=_STEPS.value, warmup=5, profile_dir=trace_dir)
     events, instructions = read_trace(trace_dir)
     meta.update(device=r["device"], platform=jax.devices()[0].platform,

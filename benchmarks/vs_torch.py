@@ -40,7 +40,7 @@ _STEPS = flags.DEFINE_integer("steps", 20, "timed steps per row (after warm-up)"
 _WARMUP = flags.DEFINE_integer("warmup", 10, "untimed steps first, each side (torch's eager UNeXt "
                                "on CPU needs ~10: 118-137 img/s over the 10 steps after 3, "
                                "170-183 over 30)")
-_CONV_IMPL = flags.DEFINE_string("conv_impl", "xla", "the JAX side's model.conv_impl")
+_CONV_IMPL = flags.DEFINE_string("conv_impl", "auto", "the JAX side's model.conv_impl")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
                            "compute dtype (torch: autocast)")
 _MODES = flags.DEFINE_list("torch_modes", ["eager"], "eager and/or compile (torch.compile)")
@@ -99,7 +99,7 @@ def bench_torch(name: str, size: int, batch: int, steps: int, mode: str, dtype: 
 
 
 def bench_jax(name: str, size: int, batch: int, steps: int, dtype: str, warmup: int,
-              conv_impl: str = "xla") -> dict:
+              conv_impl: str = "auto") -> dict:
   c = default_config()
   c.model.name, c.model.features, c.model.dtype = name, FEATURES[name], dtype
   c.model.conv_impl = conv_impl
@@ -108,6 +108,7 @@ def bench_jax(name: str, size: int, batch: int, steps: int, dtype: str, warmup: 
   return {"side": "jax", "ms_per_step": r["ms_per_step"], "images_per_s": r["images_per_s"],
           "images_per_s_unsynced": r["images_per_s_unsynced"],
           "compile_s": r["compile_s"], "mfu": r["mfu"], "device": r["device"],
+          "convolutions": r["convolutions"],
           "platform": jax.devices()[0].platform, "jax": jax.__version__}
 
 
@@ -127,7 +128,7 @@ def best(spec: dict, repeats: int) -> dict:
 def run_child(spec: dict) -> None:
   if spec["side"] == "jax":
     r = bench_jax(spec["model"], spec["size"], spec["batch"], spec["steps"], spec["dtype"],
-                  spec["warmup"], spec.get("conv_impl", "xla"))
+                  spec["warmup"], spec.get("conv_impl", "auto"))
   else:
     torch.set_num_threads(os.cpu_count())
     # What a PyTorch user tuning for speed sets: cuDNN picks the fastest algorithm per shape.
@@ -141,7 +142,8 @@ def write_tables(meta: dict, rows: list) -> str:
   """The .json and .md tables; called after every row (result_files.py)."""
   markdown = (
       f"{meta['date']} · {meta['device']} ({meta['cpus']} CPUs) · jax {meta['jax']} · "
-      f"torch {meta['torch']} · {meta['dtype']} · JAX convolutions {meta['conv_impl']} · "
+      f"torch {meta['torch']} · {meta['dtype']} · JAX convolutions {meta['conv_impl']} "
+      f"({meta['convolutions']}) · "
       f"commit {meta['commit']} · "
       f"`{meta['command']}`\n\nSynced: each step timed to its end (median); unsynced: the "
       "steps back to back, one sync at the end, as a training loop runs them.\n\n")
@@ -154,7 +156,7 @@ def write_tables(meta: dict, rows: list) -> str:
   subset = _MODELS.value if _MODELS.value != _MODELS.default else []
   return result_files.write(
       result_files.stem(_OUT.value, "vs_torch", meta["date"], meta["platform"], meta["dtype"],
-                        *subset, "" if meta["conv_impl"] == "xla" else meta["conv_impl"]),
+                        *subset, "" if meta["conv_impl"] == "auto" else meta["conv_impl"]),
       {"meta": meta, "rows": rows}, markdown)
 
 
@@ -173,7 +175,8 @@ def main(argv):
       spec = {"model": name, "size": size, "batch": _BATCH.value, "steps": _STEPS.value,
               "warmup": _WARMUP.value, "dtype": _DTYPE.value, "conv_impl": _CONV_IMPL.value}
       j = best({**spec, "side": "jax"}, _REPEATS.value)
-      meta.update(device=j["device"], platform=j["platform"], jax=j["jax"])
+      meta.update(device=j["device"], platform=j["platform"], jax=j["jax"],
+                  convolutions=j["convolutions"])
       for mode in _MODES.value:
         t = best({**spec, "side": "torch", "mode": mode}, _REPEATS.value)
         meta["torch"] = t["torch"]

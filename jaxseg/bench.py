@@ -64,10 +64,11 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
   state = exp.init_state()
   acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
   compiled, compile_s, flops = exp.compile_train_step(state, acc)
+  hlo = compiled.as_text()
   if profile_dir:
     os.makedirs(profile_dir, exist_ok=True)
     with open(os.path.join(profile_dir, "train_step.hlo.txt"), "w") as f:
-      f.write(compiled.as_text())
+      f.write(hlo)
   batch = _random_batch(exp)
   for _ in range(warmup):
     state, acc = compiled(state, batch, acc)
@@ -101,6 +102,7 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
   return {"what": "step", "model": config.model.name, "device": jax.devices()[0].device_kind,
           "devices": n_dev, "batch": config.data.batch_size,
           "image_size": config.data.image_size, "dtype": dtype,
+          "convolutions": _convolutions(config.model.conv_impl, hlo),
           "compile_s": compile_s, "ms_per_step": 1e3 * med,
           "ms_p10": 1e3 * float(np.percentile(t, 10)), "ms_p90": 1e3 * float(np.percentile(t, 90)),
           "images_per_s": config.data.batch_size / med,
@@ -115,6 +117,13 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
                           + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**20,
           "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None,
           "steps": steps}
+
+
+def _convolutions(conv_impl: str, hlo: str) -> str:
+  """Which convolutions the compiled step runs: model.conv_impl=auto resolves per machine."""
+  if "jaxseg_onednn_" in hlo:
+    return "onednn (3x3 stride 1), xla"
+  return "patches" if conv_impl == "patches" else "xla"
 
 
 def _synthetic_root(config) -> str:
@@ -211,7 +220,7 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
   if what in ("step", "all"):
     r = bench_step(config, steps, profile_dir=profile_dir)
     print(f"step  | {r['model']} b{r['batch']} {r['image_size']}px {r['dtype']} on "
-          f"{r['devices']}x {r['device']} | compile {r['compile_s']:.1f}s | "
+          f"{r['devices']}x {r['device']} | convolutions {r['convolutions']} | compile {r['compile_s']:.1f}s | "
           f"{r['ms_per_step']:.1f} ms/step (p10 {r['ms_p10']:.1f}, p90 {r['ms_p90']:.1f}; "
           f"{r['ms_per_step_unsynced']:.1f} unsynced) | "
           f"{r['images_per_s']:.1f} img/s | {r['gflop_per_step']:.1f} GFLOP/step | "

@@ -1,6 +1,10 @@
 """model.conv_impl=onednn: oneDNN's 3x3 convolutions under XLA (jaxseg.models.onednn)."""
 
+import functools
 import importlib.metadata
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -89,5 +93,91 @@ def test_missing_pieces_are_named(monkeypatch):
   def missing(name):
     raise importlib.metadata.PackageNotFoundError(name)
   monkeypatch.setattr(onednn.importlib.metadata, "distribution", missing)
-  with pytest.raises(onednn.Unavailable, match=r"onednn-devel-cpu-gomp .*jaxseg\[onednn\]"):
+  with pytest.raises(onednn.Unavailable, match=r"onednn-devel-cpu-gomp .*x86-64 Linux"):
     onednn.build()
+
+
+def _without_onednn(monkeypatch):
+  """This process as on a machine where oneDNN cannot run (no compiler)."""
+  monkeypatch.setattr(onednn.shutil, "which", lambda name: None)
+  # Fresh, uncached copies: this process may have built and registered oneDNN already.
+  monkeypatch.setattr(onednn, "register", onednn.register.__wrapped__)
+  monkeypatch.setattr(onednn, "usable", functools.cache(onednn.usable.__wrapped__))
+
+
+def test_auto_is_xla_where_onednn_cannot_run_and_onednn_says_why(monkeypatch):
+  _without_onednn(monkeypatch)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 6))
+  assert onednn.applies(x, w, (1, 1), SAME)
+  auto = onednn.conv(x, w, (1, 1), SAME, conv.conv_nd, required=False)
+  np.testing.assert_array_equal(auto, conv.conv_nd(x, w, (1, 1), SAME))
+  assert "custom_call" not in jax.jit(lambda x, w: onednn.conv(
+      x, w, (1, 1), SAME, conv.conv_nd, required=False)).lower(x, w).as_text()
+  with pytest.raises(onednn.Unavailable, match="no C\\+\\+ compiler"):
+    onednn.conv(x, w, (1, 1), SAME, conv.conv_nd)
+
+
+def test_auto_is_onednn_where_it_can_run(built):
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 4, 6))
+  assert onednn.usable()
+  lowered = jax.jit(lambda x, w: onednn.conv(x, w, (1, 1), SAME, conv.conv_nd,
+                                              required=False)).lower(x, w).as_text()
+  assert "jaxseg_onednn_ConvFwd" in lowered
+
+
+@pytest.mark.parametrize("name", ["resunet", "unet_vgg16", "unet_resnet50"])
+def test_other_models_take_onednn_and_keep_their_parameters(built, name):
+  """conv_impl reaches every model's 3x3 stride-1 convolutions, with the same variables."""
+  from jaxseg.config import default_config
+  from jaxseg.models import build, init_variables
+  trees, texts = {}, {}
+  for impl in ("xla", "auto"):
+    c = default_config()
+    c.model.name, c.model.features, c.model.depth, c.model.conv_impl = name, 4, 2, impl
+    model = build(c.model, 3, 1)
+    v = init_variables(model, (32, 32, 3))
+    trees[impl] = jax.tree.map(lambda a: (a.shape, a.dtype), v)
+    x = jnp.zeros((1, 32, 32, 3))
+    texts[impl] = jax.jit(lambda x, model=model, v=v: model.apply(v, x)).lower(x).as_text()
+  assert trees["xla"] == trees["auto"]
+  assert "jaxseg_onednn" not in texts["xla"]
+  assert "jaxseg_onednn_ConvFwd" in texts["auto"]
+
+
+_SHARDED = """
+import jax, jax.numpy as jnp, numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jaxseg.models import conv, onednn
+same = ((1, 1), (1, 1))
+mesh = Mesh(jax.devices(), ("data",))
+x = jax.random.normal(jax.random.key(0), (4, 16, 16, 8))
+w = jax.random.normal(jax.random.key(1), (3, 3, 8, 6))
+ours = lambda x, w: (onednn.conv(x, w, (1, 1), same, conv.conv_nd) ** 2).sum()
+step = jax.jit(jax.grad(ours, (0, 1)))
+xs = jax.device_put(x, NamedSharding(mesh, P("data")))
+ws = jax.device_put(w, NamedSharding(mesh, P()))
+hlo = step.lower(xs, ws).compile().as_text()
+ref = jax.grad(lambda x, w: (conv.conv_nd(x, w, (1, 1), same) ** 2).sum(), (0, 1))(x, w)
+for _ in range(3):  # the devices run their calls at the same time: a shared buffer would show
+  for a, b in zip(step(xs, ws), ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
+print("calls", [l.split("=")[1].split("{")[0].strip() for l in hlo.splitlines()
+                if "jaxseg_onednn" in l])
+print("gathers", hlo.count("all-gather"), "sums", hlo.count("all-reduce("))
+"""
+
+
+def test_sharded_batch_runs_on_each_devices_part(built):
+  """Two CPU devices, batch split between them: each device's oneDNN calls see its own two
+  examples (no gather of the batch), the weight gradient is summed across them, and the
+  gradients equal XLA's."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+         "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  calls = out.stdout.split("calls ")[1].splitlines()[0]
+  assert calls.count("f32[2,16,16,") == 2 and "f32[3,3,8,6]" in calls, calls
+  assert "gathers 0 sums 1" in out.stdout, out.stdout

@@ -42,7 +42,7 @@ def _unet(m, in_channels, out_channels):
 
 def _resunet(m, in_channels, out_channels):
   return ResUNet(out_channels=out_channels, features=m.features, depth=m.depth, norm=m.norm,
-                 dtype=compute_dtype(m.dtype))
+                 dtype=compute_dtype(m.dtype), conv_impl=m.conv_impl)
 
 
 def _unext(m, in_channels, out_channels):
@@ -55,7 +55,7 @@ def _with_encoder(decoder, encoder):
     if in_channels != 3:
       raise ValueError(f"the {encoder} encoder takes 3 input channels, data has {in_channels}")
     return decoder(encoder=encoder, out_channels=out_channels, features=m.features,
-                   norm=m.norm, dtype=compute_dtype(m.dtype))
+                   norm=m.norm, dtype=compute_dtype(m.dtype), conv_impl=m.conv_impl)
   return build
 
 

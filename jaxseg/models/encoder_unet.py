@@ -18,15 +18,17 @@ class EncoderUNet(nn.Module):
   features: int = 16
   norm: str = "batch"
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl, encoder and decoder
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    *skips, x = encode(self.encoder, x, self.dtype, train)
+    *skips, x = encode(self.encoder, x, self.dtype, train, self.conv_impl)
     by_size = {s.shape[1]: s for s in skips}
     for i in range(5):
       f = self.features * 2 ** (4 - i)
       x = up_conv(f, x, self.dtype, name=f"up_{i}")
       if x.shape[1] in by_size:
         x = jnp.concatenate([x, by_size[x.shape[1]]], axis=-1)
-      x = DoubleConv(f, self.norm, dtype=self.dtype, name=f"dec_{i}")(x, train)
+      x = DoubleConv(f, self.norm, dtype=self.dtype, conv_impl=self.conv_impl,
+                     name=f"dec_{i}")(x, train)
     return head(self.out_channels, x, self.dtype)

@@ -14,7 +14,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseg.models.conv import DepthwiseConv
+from jaxseg.models.conv import Conv, DepthwiseConv
 from jaxseg.models.pooling import max_pool
 
 # VGG16 configuration "D": conv widths, "M" = 2x2 max-pool. Index i of `features` in torchvision
@@ -23,10 +23,10 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 _VGG_POOLS = (4, 9, 16, 23, 30)  # `features` indices of the pools
 
 
-def _conv(features, kernel, strides=1, padding=None, use_bias=False, dtype=jnp.float32, name=None):
+def _conv(features, kernel, strides=1, padding=None, use_bias=False, dtype=jnp.float32,
+          impl="auto", name=None):
   pad = kernel // 2 if padding is None else padding
-  return nn.Conv(features, (kernel, kernel), strides=(strides, strides),
-                 padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype, name=name)
+  return Conv(features, kernel, strides, use_bias, dtype, impl, padding=pad, name=name)
 
 
 def _bn(train, dtype, name):
@@ -40,6 +40,7 @@ class VGG16Encoder(nn.Module):
   the last pool's output (1/32)."""
 
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl
   # Block index -> stage name used for freezing: block1 ... block5.
   STAGES = ("block1", "block2", "block3", "block4", "block5")
   IGNORED = ()  # torchvision keys outside the encoder beyond the shared head prefixes
@@ -54,7 +55,8 @@ class VGG16Encoder(nn.Module):
         x = max_pool(x)  # 2x2 / 2, as nn.max_pool but with a cheap gradient (layers.py)
         index += 1
       else:
-        x = nn.relu(_conv(item, 3, use_bias=True, dtype=self.dtype, name=f"features_{index}")(x))
+        x = nn.relu(_conv(item, 3, use_bias=True, dtype=self.dtype, impl=self.conv_impl,
+                          name=f"features_{index}")(x))
         index += 2  # conv and ReLU
     return feats + [x]
 
@@ -72,13 +74,15 @@ class Bottleneck(nn.Module):
   strides: int = 1
   downsample: bool = False
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
     y = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self.planes, 1, dtype=self.dtype,
                                                     name="conv1")(x)))
     y = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self.planes, 3, self.strides,
-                                                    dtype=self.dtype, name="conv2")(y)))
+                                                    dtype=self.dtype, impl=self.conv_impl,
+                                                    name="conv2")(y)))
     y = _bn(train, self.dtype, "bn3")(_conv(self.planes * 4, 1, dtype=self.dtype,
                                             name="conv3")(y))
     if self.downsample:
@@ -92,6 +96,7 @@ class ResNet50Encoder(nn.Module):
   layer2 (1/8, 512), layer3 (1/16, 1024) and layer4 (1/32, 2048)."""
 
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
   LAYERS = (3, 4, 6, 3)
   STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
   IGNORED = ()
@@ -106,7 +111,8 @@ class ResNet50Encoder(nn.Module):
       planes = 64 * 2**layer
       for b in range(blocks):
         x = Bottleneck(planes, strides=2 if (b == 0 and layer > 0) else 1, downsample=b == 0,
-                       dtype=self.dtype, name=f"layer{layer + 1}_{b}")(x, train)
+                       dtype=self.dtype, conv_impl=self.conv_impl,
+                       name=f"layer{layer + 1}_{b}")(x, train)
       feats.append(x)
     return feats
 
@@ -178,6 +184,7 @@ class EfficientNetB3Encoder(nn.Module):
   before the 1x1 head conv to 1536 channels (`features.8`), which the importer skips."""
 
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"  # no 3x3 stride-1 convolutions: XLA's either way
   STAGES = ("stem",) + tuple(f"stage{i}" for i in range(1, 8))
   IGNORED = ("features.8.",)
   WIDTH, DEPTH = 1.2, 1.4
@@ -206,10 +213,11 @@ ENCODERS = {"vgg16": VGG16Encoder, "resnet50": ResNet50Encoder,
             "efficientnet_b3": EfficientNetB3Encoder}
 
 
-def encode(encoder: str, x, dtype, train: bool, name: str = "encoder"):
+def encode(encoder: str, x, dtype, train: bool, conv_impl: str = "auto",
+           name: str = "encoder"):
   """The named encoder's features of `x` (as a submodule called `name` of the calling module),
   after checking that the input halves five times."""
   if x.shape[1] % 32 or x.shape[2] % 32:
     raise ValueError(f"the {encoder} encoder needs input sides divisible by 32, got "
                      f"{x.shape[1:3]}")
-  return ENCODERS[encoder](dtype, name=name)(x.astype(dtype), train)
+  return ENCODERS[encoder](dtype, conv_impl, name=name)(x.astype(dtype), train)

@@ -64,9 +64,9 @@ class ConvNormAct(nn.Module):
   dropout: float = 0.0
   act: bool = True
   dtype: jnp.dtype = jnp.float32
-  # "xla", or "patches": im2col weight gradient (jaxseg.models.conv). 3-D convolutions always go
-  # through jaxseg.models.conv.Conv, which runs them on CPUs as sums of 2-D convolutions.
-  conv_impl: str = "xla"
+  # jaxseg.models.conv.Conv's impl. 3-D convolutions always go through that Conv, which runs
+  # them on CPUs as sums of 2-D convolutions.
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
@@ -97,7 +97,7 @@ class DoubleConv(nn.Module):
   dropout: float = 0.0
   dtype: jnp.dtype = jnp.float32
   residual: bool = False
-  conv_impl: str = "xla"
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):

@@ -1,11 +1,13 @@
 """model.conv_impl=onednn: 3x3 stride-1 'SAME' convolutions on CPUs by oneDNN, as XLA FFI custom
 calls (jaxseg/native/onednn_conv.cc), the other convolutions and every other backend on XLA's.
+model.conv_impl=auto (the default) is the same where oneDNN can run, and XLA's where it cannot.
 
-oneDNN comes from the optional extra (`pip install 'jaxseg[onednn]'`: the oneDNN 3.2 wheels
-built against the system's GNU OpenMP, with headers); the handlers are compiled with the
+oneDNN comes from its PyPI wheels, installed with jaxseg on x86-64 Linux (oneDNN 3.2 built
+against the system's GNU OpenMP, with headers); the handlers are compiled with the
 machine's C++ compiler on first use into the user's cache (~/.cache/jaxseg/native, keyed by the
 source, jaxlib's version and oneDNN's path) and registered with JAX once per process. Where
-either is missing, asking for this implementation is an error that says what to install.
+either is missing, asking for "onednn" is an error that says what to install; "auto" logs it
+once and keeps XLA's convolutions.
 """
 
 import fcntl
@@ -18,6 +20,11 @@ import subprocess
 
 import jax
 import jax.numpy as jnp
+from absl import logging
+from jax import lax
+from jax.experimental.custom_partitioning import custom_partitioning
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from jaxseg.hardware import cpu_backend
 
@@ -34,7 +41,8 @@ def _find(distribution: str, suffix: str) -> str:
     files = importlib.metadata.distribution(distribution).files or []
   except importlib.metadata.PackageNotFoundError:
     raise Unavailable(f"model.conv_impl=onednn needs the Python package {distribution} "
-                      "(pip install 'jaxseg[onednn]')") from None
+                      "(installed with jaxseg on x86-64 Linux, the only platform it has "
+                      "wheels for)") from None
   for f in files:
     if str(f).endswith(suffix):
       return str(f.locate())
@@ -87,13 +95,71 @@ def register() -> None:
                                 platform="cpu")
 
 
+@functools.cache
+def usable() -> bool:
+  """For conv_impl=auto: whether oneDNN's convolutions can run in this process (built and
+  registered now if so); where not, logs why once."""
+  try:
+    register()
+  except Unavailable as e:
+    logging.info("model.conv_impl=auto: XLA's convolutions, as oneDNN's cannot run here: %s", e)
+    return False
+  return True
+
+
 def _call(name, shape, *args):
   return jax.ffi.ffi_call(f"jaxseg_onednn_{name}", jax.ShapeDtypeStruct(shape, jnp.float32))(*args)
 
 
+def _batch_spec(sharding) -> P:
+  """The sharding's split of the batch axis alone (rank 4); any other split is gathered."""
+  spec = tuple(getattr(sharding, "spec", ()))
+  return P(spec[0] if spec else None, None, None, None)
+
+
+def _batch_partitioned(name: str, out_shape, rule: str, sums_batch: bool):
+  """The FFI call `name` on (a, b) -> out_shape(a.shape, b.shape), partitioned over the batch:
+  under a sharded jit each device runs it on its own examples. XLA knows nothing of a custom
+  call and would gather the whole batch onto every device (each then doing all the work);
+  `sums_batch` (the weight gradient) adds the devices' partial sums."""
+
+  @custom_partitioning
+  def op(a, b):
+    return _call(name, out_shape(a.shape, b.shape), a, b)
+
+  def shardings(mesh, arg_shapes):
+    batch = NamedSharding(mesh, _batch_spec(arg_shapes[0].sharding))
+    replicated = NamedSharding(mesh, P())
+    return (batch, batch if sums_batch else replicated), replicated if sums_batch else batch
+
+  def infer(mesh, arg_shapes, result_shape):
+    return shardings(mesh, arg_shapes)[1]
+
+  def partition(mesh, arg_shapes, result_shape):
+    args, result = shardings(mesh, arg_shapes)
+    axes = args[0].spec[0]
+
+    def lower(a, b):
+      out = _call(name, out_shape(a.shape, b.shape), a, b)
+      return lax.psum(out, axes) if sums_batch and axes is not None else out
+    return mesh, lower, result, args
+
+  op.def_partition(partition=partition, infer_sharding_from_operands=infer, sharding_rule=rule)
+  return op
+
+
+# NHWC input x, HWIO kernel w, NHWC output gradient g.
+_forward = _batch_partitioned("ConvFwd", lambda x, w: (*x[:-1], w[-1]),
+                              "b y x i, k l i o -> b y x o", sums_batch=False)
+_input_gradient = _batch_partitioned("ConvBwdData", lambda g, w: (*g[:-1], w[2]),
+                                     "b y x o, k l i o -> b y x i", sums_batch=False)
+_weight_gradient = _batch_partitioned("ConvWgrad", lambda x, g: (3, 3, x[-1], g[-1]),
+                                      "b y x i, b y x o -> k l i o", sums_batch=True)
+
+
 @jax.custom_vjp
 def _conv3x3(x, w):
-  return _call("ConvFwd", (*x.shape[:-1], w.shape[-1]), x, w)
+  return _forward(x, w)
 
 
 def _conv3x3_fwd(x, w):
@@ -102,7 +168,7 @@ def _conv3x3_fwd(x, w):
 
 def _conv3x3_bwd(residuals, g):
   x, w = residuals
-  return _call("ConvBwdData", x.shape, g, w), _call("ConvWgrad", w.shape, x, g)
+  return _input_gradient(g, w), _weight_gradient(x, g)
 
 
 _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
@@ -115,10 +181,10 @@ def applies(x, w, strides, padding) -> bool:
           and x.dtype == w.dtype == jnp.float32)
 
 
-def conv(x, w, strides, padding, fallback):
+def conv(x, w, strides, padding, fallback, required: bool = True):
   """conv_general_dilated (NHWC, HWIO) by oneDNN where `applies`, else `fallback(x, w, strides,
-  padding)`."""
-  if not applies(x, w, strides, padding):
+  padding)`. Not `required` (conv_impl=auto), also the fallback where oneDNN is not `usable`."""
+  if not applies(x, w, strides, padding) or not (required or usable()):
     return fallback(x, w, strides, padding)
   register()
   return _conv3x3(x, w)

@@ -8,7 +8,8 @@ residual bridge; decoder: 2x transposed conv, skip concatenation, residual block
 import flax.linen as nn
 import jax.numpy as jnp
 
-from jaxseg.models.layers import Norm, head, spatial_dims, up_conv
+from jaxseg.models.conv import Conv
+from jaxseg.models.layers import Norm, head, up_conv
 
 
 class ResBlock(nn.Module):
@@ -17,12 +18,12 @@ class ResBlock(nn.Module):
   norm: str = "batch"
   stem: bool = False  # the first block: no norm-ReLU before its first conv
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
-    nd = spatial_dims(x)
-    conv = lambda f, k, s: nn.Conv(f, (k,) * nd, strides=(s,) * nd, padding="SAME",  # noqa: E731
-                                   use_bias=self.norm == "none", dtype=self.dtype)
+    conv = lambda f, k, s: Conv(f, k, s, use_bias=self.norm == "none", dtype=self.dtype,  # noqa: E731
+                                impl=self.conv_impl)
     y = x if self.stem else nn.relu(Norm(self.norm, self.dtype)(x, train))
     y = conv(self.features, 3, self.strides)(y)
     y = nn.relu(Norm(self.norm, self.dtype)(y, train))
@@ -37,11 +38,13 @@ class ResUNet(nn.Module):
   depth: int = 3  # resolution levels before the bridge (64, 128, 256 -> bridge 512)
   norm: str = "batch"
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = x.astype(self.dtype)
-    block = lambda f, s, name, stem=False: ResBlock(f, s, self.norm, stem, self.dtype, name=name)  # noqa: E731
+    block = lambda f, s, name, stem=False: ResBlock(f, s, self.norm, stem, self.dtype,  # noqa: E731
+                                                    self.conv_impl, name=name)
     skips = []
     for level in range(self.depth):
       x = block(self.features * 2**level, 1 if level == 0 else 2, f"enc_{level}",

@@ -22,7 +22,7 @@ class UNet(nn.Module):
   dtype: jnp.dtype = jnp.float32
   remat: bool = False
   residual: bool = False  # residual DoubleConv blocks (the GI-tract scratch CNN)
-  conv_impl: str = "xla"  # "patches": im2col weight gradients (faster on CPUs)
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl
 
   @nn.compact
   def __call__(self, x, train: bool = False):

@@ -24,19 +24,21 @@ class UNetPlusPlus(nn.Module):
   features: int = 16
   norm: str = "batch"
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl, encoder and decoder
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     size = x.shape[1]
-    feats = encode(self.encoder, x, self.dtype, train)
+    feats = encode(self.encoder, x, self.dtype, train, self.conv_impl)
     # One encoder map per level, 1/2 ... 1/32: the last map at each resolution.
     levels = [[{f.shape[1]: f for f in feats}[size // 2 ** (i + 1)]] for i in range(5)]
     for j in range(1, 5):
       for i in range(5 - j):
         width = self.features * 2 ** (i + 1)
         inputs = levels[i] + [upsample2x(levels[i + 1][j - 1])]
-        levels[i].append(DoubleConv(width, self.norm, dtype=self.dtype, name=f"x_{i}_{j}")(
-            jnp.concatenate(inputs, axis=-1), train))
-    y = DoubleConv(self.features, self.norm, dtype=self.dtype, name="final")(
+        levels[i].append(DoubleConv(width, self.norm, dtype=self.dtype, conv_impl=self.conv_impl,
+                                    name=f"x_{i}_{j}")(jnp.concatenate(inputs, axis=-1), train))
+    y = DoubleConv(self.features, self.norm, dtype=self.dtype, conv_impl=self.conv_impl,
+                   name="final")(
         upsample2x(levels[0][-1]), train)
     return head(self.out_channels, y, self.dtype)

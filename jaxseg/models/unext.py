@@ -55,7 +55,7 @@ class UNeXt(nn.Module):
   features: int = 16  # first stage; stages are features x (1, 2, 8, 10, 16)
   norm: str = "batch"
   dtype: jnp.dtype = jnp.float32
-  conv_impl: str = "xla"  # jaxseg.models.conv.Conv's impl for the 3x3 convolutions
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl for the 3x3 convolutions
 
   @nn.compact
   def __call__(self, x, train: bool = False):

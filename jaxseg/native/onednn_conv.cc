@@ -2,11 +2,16 @@
 // by oneDNN, the library under PyTorch's CPU convolutions, as three XLA FFI handlers: forward,
 // input gradient, weight gradient. jaxseg/models/onednn.py compiles it on first use and
 // registers the handlers; XLA's CPU convolutions ran the UNet's layers 1.2-2.8x slower
-// (BUILD.md performance notes). Primitives are built once per shape and cached.
+// (BUILD.md performance notes). Primitives are built once per shape and cached. XLA may run
+// two of these calls at once (independent instructions; one per device with several CPU
+// devices), so each call passes its own scratchpad: oneDNN's library-managed one is shared
+// between primitives.
 #include <array>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
@@ -31,6 +36,13 @@ struct Conv {
   dnnl::convolution_backward_weights bwd_w;
 };
 
+// This thread's scratchpad for a primitive (a thread runs one call at a time).
+dnnl::memory Scratchpad(const dnnl::memory::desc& want) {
+  thread_local std::vector<uint8_t> buffer;
+  if (buffer.size() < want.get_size()) buffer.resize(want.get_size());
+  return dnnl::memory(want, Engine(), buffer.data());
+}
+
 Conv& Get(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co) {
   static std::map<std::array<int64_t, 5>, std::unique_ptr<Conv>> cache;
   static std::mutex mu;
@@ -42,15 +54,17 @@ Conv& Get(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co) {
   dnnl::memory::desc dst({n, co, h, w}, dt::f32, tag::nhwc);
   dnnl::memory::desc w_any({co, ci, 3, 3}, dt::f32, tag::any);
   dnnl::memory::desc w_user({co, ci, 3, 3}, dt::f32, tag::hwio);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto fwd_pd = dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-      w_any, dst, {1, 1}, {1, 1}, {1, 1});
+      w_any, dst, {1, 1}, {1, 1}, {1, 1}, attr);
   auto bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, {1, 1}, {1, 1}, {1, 1},
-      fwd_pd);
+      fwd_pd, attr);
   auto bwd_w_pd = dnnl::convolution_backward_weights::primitive_desc(
       Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, {1, 1}, {1, 1}, {1, 1},
-      fwd_pd);
+      fwd_pd, attr);
   auto c = std::unique_ptr<Conv>(new Conv{src, dst, w_user, fwd_pd,
                                           dnnl::convolution_forward(fwd_pd), bwd_data_pd,
                                           dnnl::convolution_backward_data(bwd_data_pd), bwd_w_pd,
@@ -76,7 +90,8 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
   dnnl::memory wu(c.w_user, Engine(), w.typed_data());
   dnnl::memory wm = Weights(c.fwd_pd.weights_desc(), wu, s);
   dnnl::memory src(c.src, Engine(), x.typed_data()), dst(c.dst, Engine(), y->typed_data());
-  c.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst}});
+  c.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst},
+                    {DNNL_ARG_SCRATCHPAD, Scratchpad(c.fwd_pd.scratchpad_desc())}});
   s.wait();
   return ffi::Error::Success();
 }
@@ -90,7 +105,8 @@ ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
   dnnl::memory wm = Weights(c.bwd_data_pd.weights_desc(), wu, s);
   dnnl::memory ddst(c.dst, Engine(), g.typed_data()), dsrc(c.src, Engine(), dx->typed_data());
   c.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wm},
-                         {DNNL_ARG_DIFF_SRC, dsrc}});
+                         {DNNL_ARG_DIFF_SRC, dsrc},
+                         {DNNL_ARG_SCRATCHPAD, Scratchpad(c.bwd_data_pd.scratchpad_desc())}});
   s.wait();
   return ffi::Error::Success();
 }
@@ -105,7 +121,8 @@ ffi::Error WgradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
   bool reorder = c.bwd_w_pd.diff_weights_desc() != c.w_user;
   dnnl::memory wm = reorder ? dnnl::memory(c.bwd_w_pd.diff_weights_desc(), Engine()) : wu;
   c.bwd_w.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
-                      {DNNL_ARG_DIFF_WEIGHTS, wm}});
+                      {DNNL_ARG_DIFF_WEIGHTS, wm},
+                      {DNNL_ARG_SCRATCHPAD, Scratchpad(c.bwd_w_pd.scratchpad_desc())}});
   if (reorder) dnnl::reorder(wm, wu).execute(s, wm, wu);
   s.wait();
   return ffi::Error::Success();
