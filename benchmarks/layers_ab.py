@@ -44,12 +44,6 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
 - onednn_models: the other models with 3x3 stride-1 convolutions (ResUNet, the VGG16 and
   ResNet50 UNets) on XLA's convolutions (before) against model.conv_impl=auto where oneDNN runs
   (after), at 128 px.
-- omp_wait_passive: GNU OpenMP's default wait policy for oneDNN's threads (before: they spin a
-  while between parallel regions) against OMP_WAIT_POLICY=PASSIVE (after: they sleep, leaving
-  the cores to XLA's threads); UNet and UNeXt with model.conv_impl=auto.
-- head_input_grad: the 1x1 head's input gradient as JAX's derivative, a dot with K = the output
-  channels (before), against element-wise products summed over those channels
-  (conv._pointwise_input_gradient, after); measured with model.conv_impl=auto.
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -72,16 +66,13 @@ _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "dept
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
                                          "upsample_stencil", "pool_head",
                                          "depthwise_input_grad", "loss_view", "bn_max_pool",
-                                         "upsample_grad", "onednn_conv", "onednn_models",
-                                         "omp_wait_passive", "head_input_grad"],
+                                         "upsample_grad", "onednn_conv", "onednn_models"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
 # change: the models it touches, as (name, model overrides, data overrides, sizes or None for
 # --sizes).
 _2D = [("unet", {"features": 32}, {}, None), ("unext", {"features": 16}, {}, None)]
-_2D_AUTO = [(name, {**overrides, "conv_impl": "auto"}, data, sizes)
-            for name, overrides, data, sizes in _2D]
 _3D = {"depth": 64, "in_channels": 4, "num_classes": 4, "task": "multiclass", "batch_size": 1}
 MODELS = {
     "upconv_maxpool": _2D,
@@ -102,16 +93,14 @@ MODELS = {
     "upsample_grad": [("unext", {"features": 16}, {}, None)],
     "onednn_conv": [("unet", {"features": 32, "conv_impl": "onednn"}, {}, None),
                     ("unext", {"features": 16, "conv_impl": "onednn"}, {}, None)],
-    "head_input_grad": _2D_AUTO,
     "onednn_models": [("resunet", {"features": 32, "conv_impl": "auto"}, {}, [128]),
                       ("unet_vgg16", {"features": 16, "conv_impl": "auto"}, {}, [128]),
                       ("unet_resnet50", {"features": 16, "conv_impl": "auto"}, {}, [128])],
-    "omp_wait_passive": _2D_AUTO,
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
 # Changes that are the environment, set by the parent for the child.
-_ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages", "omp_wait_passive")
+_ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
 
 
 def _flax_up_conv(features, x, dtype, name=None):
@@ -221,10 +210,6 @@ def _use_before(change: str):
     unext.upsample2_bilinear = layers._upsample2  # the same stencil, differentiated by JAX
   elif change in ("onednn_conv", "onednn_models"):
     pass  # the config: _measure sets model.conv_impl back to xla
-  elif change == "head_input_grad":
-    from jaxseg.models import conv
-    conv._pointwise_reduced = conv.with_weight_gradient(conv.conv_nd,
-                                                        conv._pointwise_kernel_gradient)
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
 
@@ -254,10 +239,6 @@ def _run_child(spec: dict) -> float:
     env["JAXSEG_XLA_DEFAULTS"] = "0"
   if spec["change"] == "malloc_hugepages":
     env["GLIBC_TUNABLES"] = f"glibc.malloc.hugetlb={0 if spec['before'] else 1}"
-  if spec["change"] == "omp_wait_passive":
-    env.pop("OMP_WAIT_POLICY", None)
-    if not spec["before"]:
-      env["OMP_WAIT_POLICY"] = "PASSIVE"
   out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"], env=env,
                        check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])["ms"]

@@ -252,25 +252,13 @@ def _pointwise_kernel_gradient(x, kernel, g, strides, padding):
   return jnp.stack(sums, -1).reshape(kernel.shape).astype(kernel.dtype)
 
 
-def _pointwise_input_gradient(x, kernel, g, strides, padding):
-  """g times the kernel's transpose as element-wise products summed over the (few) output
-  channels. JAX's derivative is a dot with K = C_out, which XLA's CPU backend runs as a library
-  call writing the full-resolution input gradient on its own (the LGG UNet at 128 px: 5.9 ms
-  a step for 8 x 128^2 x 32 from one channel, 2026-11-26); products fuse into the ReLU and
-  norm gradients that read them."""
-  k = kernel.reshape(kernel.shape[-2:]).astype(jnp.float32)  # [C_in, C_out]
-  g32 = g.astype(jnp.float32)
-  return sum(g32[..., j:j + 1] * k[:, j] for j in range(k.shape[1])).astype(x.dtype)
-
-
-_pointwise_reduced = with_weight_gradient(conv_nd, _pointwise_kernel_gradient,
-                                          _pointwise_input_gradient)
+_pointwise_reduced = with_weight_gradient(conv_nd, _pointwise_kernel_gradient)
 
 
 def pointwise_conv(x, kernel):
   """1x1 (1x1x1) convolution, channels last, kernel (*ones, C_in, C_out), no bias. On CPU its
-  gradients are `_pointwise_kernel_gradient` and `_pointwise_input_gradient`, meant for few
-  output channels (the heads); elsewhere XLA's convolution, a library call."""
+  weight gradient is `_pointwise_kernel_gradient`, meant for few output channels (the heads);
+  elsewhere XLA's convolution, a library call."""
   nd = x.ndim - 2
   op = _pointwise_reduced if cpu_backend() else conv_nd
   return op(x, kernel, (1,) * nd, ((0, 0),) * nd)
