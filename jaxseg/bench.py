@@ -26,6 +26,7 @@ import numpy as np
 
 from jaxseg import hardware, models
 from jaxseg.data import pipeline
+from jaxseg.models import onednn
 from jaxseg.train import step as step_lib
 from jaxseg.train.experiment import Experiment
 
@@ -102,7 +103,7 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
   return {"what": "step", "model": config.model.name, "device": jax.devices()[0].device_kind,
           "devices": n_dev, "batch": config.data.batch_size,
           "image_size": config.data.image_size, "dtype": dtype,
-          "convolutions": _convolutions(config.model.conv_impl, hlo),
+          "convolutions": onednn.convolutions_in(hlo, config.model.conv_impl),
           "compile_s": compile_s, "ms_per_step": 1e3 * med,
           "ms_p10": 1e3 * float(np.percentile(t, 10)), "ms_p90": 1e3 * float(np.percentile(t, 90)),
           "images_per_s": config.data.batch_size / med,
@@ -117,13 +118,6 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
                           + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**20,
           "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20 or None,
           "steps": steps}
-
-
-def _convolutions(conv_impl: str, hlo: str) -> str:
-  """Which convolutions the compiled step runs: model.conv_impl=auto resolves per machine."""
-  if "jaxseg_onednn_" in hlo:
-    return "onednn (3x3 stride 1), xla"
-  return "patches" if conv_impl == "patches" else "xla"
 
 
 def _synthetic_root(config) -> str:

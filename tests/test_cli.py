@@ -56,6 +56,9 @@ def test_train_prints_progress_and_final_scores(trained):
   _, out = trained
   assert "step 2/4" in out and "img/s" in out and "ETA" in out
   assert "computing in float32" in out  # model.dtype=auto on a CPU
+  # model.conv_impl=auto: oneDNN's 3x3 convolutions where this machine can build them
+  from jaxseg.models import onednn
+  assert f"convolutions {'onednn (3x3 stride 1), xla' if onednn.usable() else 'xla'}" in out
   final = [line for line in out.splitlines() if line.startswith("final validation")]
   assert final and "dice" in final[0] and "iou" in final[0]
 
@@ -103,6 +106,7 @@ def test_bench_prints_step_loop_and_data_numbers(tmp_path):
                env={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}).stdout
   assert "ms/step" in out and "GFLOP/step" in out and "compile" in out
   assert "MFU" in out and "measured" in out and "step memory" in out  # CPU: measured peak
+  assert "| convolutions " in out
   assert "input wait" in out and "samples/s per worker core" in out
   assert "ms waiting on Grain" in out and "ms to device" in out  # the loader thread's split
   # The loop against the same step without a loader: both times measured, the ratio theirs

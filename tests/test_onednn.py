@@ -181,3 +181,14 @@ def test_sharded_batch_runs_on_each_devices_part(built):
   calls = out.stdout.split("calls ")[1].splitlines()[0]
   assert calls.count("f32[2,16,16,") == 2 and "f32[3,3,8,6]" in calls, calls
   assert "gathers 0 sums 1" in out.stdout, out.stdout
+
+
+def test_unwritable_cache_is_named(monkeypatch, tmp_path):
+  """auto must fall back, not crash, where the cache folder cannot be written."""
+  blocker = tmp_path / "not-a-folder"
+  blocker.write_text("")
+  monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+  monkeypatch.setattr(onednn.shutil, "which", lambda name: "/usr/bin/c++")
+  monkeypatch.setattr(onednn, "_find", lambda distribution, suffix: str(tmp_path / "x" / "y" / suffix))
+  with pytest.raises(onednn.Unavailable, match="cannot write the compiled library under"):
+    onednn.build()

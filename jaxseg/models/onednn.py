@@ -69,27 +69,37 @@ def build() -> str:
   path = os.path.join(out_dir, "libonednn_conv.so")
   if os.path.exists(path):
     return path
-  os.makedirs(out_dir, exist_ok=True)
-  # One compile per cache entry even with several processes (data-parallel launchers) starting.
-  with open(os.path.join(out_dir, ".lock"), "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not os.path.exists(path):
-      tmp = f"{path}.{os.getpid()}.tmp"
-      cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
-             f"-I{jax.ffi.include_dir()}", f"-I{include}", SOURCE, f"-L{lib}", "-ldnnl",
-             f"-Wl,-rpath,{lib}", "-o", tmp]
-      proc = subprocess.run(cmd, capture_output=True, text=True)
-      if proc.returncode:
-        raise Unavailable(f"compiling {SOURCE} failed:\n{proc.stderr[-2000:]}")
-      os.replace(tmp, path)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    # One compile per cache entry even with several processes (data-parallel launchers).
+    with open(os.path.join(out_dir, ".lock"), "w") as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not os.path.exists(path):
+        _compile(compiler, include, lib, path)
+  except OSError as e:  # a read-only or full cache folder: say so, as for the other gaps
+    raise Unavailable(f"cannot write the compiled library under {out_dir}: {e}") from None
   return path
+
+
+def _compile(compiler: str, include: str, lib: str, path: str) -> None:
+  tmp = f"{path}.{os.getpid()}.tmp"
+  cmd = [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w", f"-I{jax.ffi.include_dir()}",
+         f"-I{include}", SOURCE, f"-L{lib}", "-ldnnl", f"-Wl,-rpath,{lib}", "-o", tmp]
+  proc = subprocess.run(cmd, capture_output=True, text=True)
+  if proc.returncode:
+    raise Unavailable(f"compiling {SOURCE} failed:\n{proc.stderr[-2000:]}")
+  os.replace(tmp, path)
 
 
 @functools.cache
 def register() -> None:
   """Builds (if needed) and registers the three FFI targets, once per process."""
   import ctypes
-  library = ctypes.cdll.LoadLibrary(build())
+  path = build()
+  try:
+    library = ctypes.cdll.LoadLibrary(path)
+  except OSError as e:  # e.g. oneDNN's library moved or removed since the build
+    raise Unavailable(f"loading {path} failed: {e}") from None
   for name in ("ConvFwd", "ConvBwdData", "ConvWgrad"):
     jax.ffi.register_ffi_target(f"jaxseg_onednn_{name}", jax.ffi.pycapsule(getattr(library, name)),
                                 platform="cpu")
@@ -172,6 +182,14 @@ def _conv3x3_bwd(residuals, g):
 
 
 _conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+
+
+def convolutions_in(hlo: str, conv_impl: str) -> str:
+  """Which convolutions a compiled program (its HLO text) runs, for the logs: conv_impl=auto
+  resolves per machine."""
+  if "jaxseg_onednn_" in hlo:
+    return "onednn (3x3 stride 1), xla"
+  return "patches" if conv_impl == "patches" else "xla"
 
 
 def applies(x, w, strides, padding) -> bool:

@@ -17,6 +17,7 @@ from jaxseg import models
 from jaxseg.data import pipeline
 from jaxseg.errors import TrainingError
 from jaxseg.metrics import dice_iou
+from jaxseg.models import onednn
 from jaxseg.train import step as step_lib
 from jaxseg.train.checkpoint import BEST_METRIC
 from jaxseg.train.experiment import Experiment
@@ -86,7 +87,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
   compiled, compile_s, flops = exp.compile_train_step(
       state, acc, pipeline.image_dtype(sources["train"], config.data))
-  echo(f"train step compiled in {compile_s:.1f}s; {flops / 1e9:.1f} GFLOP per step")
+  echo(f"train step compiled in {compile_s:.1f}s; {flops / 1e9:.1f} GFLOP per step; "
+       f"convolutions {onednn.convolutions_in(compiled.as_text(), config.model.conv_impl)}")
 
   train_iter = iter(pipeline.train_dataset(sources["train"], config.data, config.seed))
   if data_state is not None:
