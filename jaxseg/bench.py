@@ -214,7 +214,8 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
   if what in ("step", "all"):
     r = bench_step(config, steps, profile_dir=profile_dir)
     print(f"step  | {r['model']} b{r['batch']} {r['image_size']}px {r['dtype']} on "
-          f"{r['devices']}x {r['device']} | convolutions {r['convolutions']} | compile {r['compile_s']:.1f}s | "
+          f"{r['devices']}x {r['device']} | convolutions {r['convolutions']} | "
+          f"compile {r['compile_s']:.1f}s | "
           f"{r['ms_per_step']:.1f} ms/step (p10 {r['ms_p10']:.1f}, p90 {r['ms_p90']:.1f}; "
           f"{r['ms_per_step_unsynced']:.1f} unsynced) | "
           f"{r['images_per_s']:.1f} img/s | {r['gflop_per_step']:.1f} GFLOP/step | "

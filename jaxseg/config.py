@@ -113,8 +113,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "auto"
   # Convolutions: auto (onednn where it can run, else xla); xla; onednn (CPUs: the 3x3 stride-1
   # float32 convolutions by oneDNN, which needs its wheels, in the default install on x86-64
-  # Linux, and a C++ compiler; see BUILD.md's performance notes); or patches (unet / unet3d /
-  # unext: weight gradient as one im2col matmul)
+  # Linux, and a C++ compiler; see BUILD.md's performance notes); or patches (weight gradient
+  # as one im2col matmul)
   c.model.conv_impl = "auto"
   c.model.remat = False  # recompute block activations in the backward pass (saves memory)
   c.model.kernel_init = "lecun_normal"  # lecun_normal (Flax) | he_uniform | he_normal | glorot_uniform

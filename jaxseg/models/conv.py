@@ -122,10 +122,10 @@ conv_patch_grad = with_weight_gradient(_conv, _patches_weight_gradient)
 
 
 class Conv(nn.Module):
-  """Stride-s convolution ('SAME', or `padding` on each side) with Flax nn.Conv's parameters (kernel, bias; same names,
-  shapes and initialisers, so checkpoints do not depend on `impl`). With `return_bias` it
-  returns (output without the bias, bias): for a norm after it that can use the bias better
-  (layers.Norm's `offset`)."""
+  """Stride-s convolution ('SAME', or `padding` on each side) with Flax nn.Conv's parameters
+  (kernel, bias; same names, shapes and initialisers, so checkpoints do not depend on `impl`).
+  With `return_bias` it returns (output without the bias, bias): for a norm after it that can
+  use the bias better (layers.Norm's `offset`)."""
 
   features: int
   kernel: int = 3
