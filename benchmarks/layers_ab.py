@@ -44,6 +44,8 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
 - onednn_models: the other models with 3x3 stride-1 convolutions (ResUNet, the VGG16 and
   ResNet50 UNets) on XLA's convolutions (before) against model.conv_impl=auto where oneDNN runs
   (after), at 128 px.
+- onednn_3d: the BraTS 3-D UNet's 3-D convolutions as sums of XLA's 2-D convolutions (before)
+  against the same sums of oneDNN's (model.conv_impl=auto, after).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -66,7 +68,8 @@ _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "dept
                                          "max_pool", "depthwise_grad", "malloc_hugepages",
                                          "upsample_stencil", "pool_head",
                                          "depthwise_input_grad", "loss_view", "bn_max_pool",
-                                         "upsample_grad", "onednn_conv", "onednn_models"],
+                                         "upsample_grad", "onednn_conv", "onednn_models",
+                                         "onednn_3d"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -96,6 +99,7 @@ MODELS = {
     "onednn_models": [("resunet", {"features": 32, "conv_impl": "auto"}, {}, [128]),
                       ("unet_vgg16", {"features": 16, "conv_impl": "auto"}, {}, [128]),
                       ("unet_resnet50", {"features": 16, "conv_impl": "auto"}, {}, [128])],
+    "onednn_3d": [("unet3d", {"features": 16, "norm": "group", "conv_impl": "auto"}, _3D, [64])],
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
@@ -208,7 +212,7 @@ def _use_before(change: str):
   elif change == "upsample_grad":
     from jaxseg.models import layers, unext
     unext.upsample2_bilinear = layers._upsample2  # the same stencil, differentiated by JAX
-  elif change in ("onednn_conv", "onednn_models"):
+  elif change in ("onednn_conv", "onednn_models", "onednn_3d"):
     pass  # the config: _measure sets model.conv_impl back to xla
   elif change not in _ENV_CHANGES:
     raise ValueError(change)
@@ -225,7 +229,7 @@ def _measure(spec: dict) -> dict:
   c.model.name = spec["model"]
   c.model.conv_impl = "xla"  # as the earlier changes were measured; overrides may say otherwise
   c.model.update(spec["overrides"])
-  if spec["before"] and spec["change"] in ("onednn_conv", "onednn_models"):
+  if spec["before"] and spec["change"] in ("onednn_conv", "onednn_models", "onednn_3d"):
     c.model.conv_impl = "xla"
   c.data.image_size, c.data.batch_size = spec["size"], spec["batch"]
   c.data.update(spec["data"])

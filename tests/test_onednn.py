@@ -127,8 +127,10 @@ def test_auto_is_onednn_where_it_can_run(built):
   assert "jaxseg_onednn_ConvFwd" in lowered
 
 
-@pytest.mark.parametrize("name", ["resunet", "unet_vgg16", "unet_resnet50"])
-def test_other_models_take_onednn_and_keep_their_parameters(built, name):
+@pytest.mark.parametrize("name,shape", [("resunet", (32, 32, 3)), ("unet_vgg16", (32, 32, 3)),
+                                        ("unet_resnet50", (32, 32, 3)),
+                                        ("unet3d", (8, 16, 16, 3))])
+def test_other_models_take_onednn_and_keep_their_parameters(built, name, shape):
   """conv_impl reaches every model's 3x3 stride-1 convolutions, with the same variables."""
   from jaxseg.config import default_config
   from jaxseg.models import build, init_variables
@@ -137,9 +139,9 @@ def test_other_models_take_onednn_and_keep_their_parameters(built, name):
     c = default_config()
     c.model.name, c.model.features, c.model.depth, c.model.conv_impl = name, 4, 2, impl
     model = build(c.model, 3, 1)
-    v = init_variables(model, (32, 32, 3))
+    v = init_variables(model, shape)
     trees[impl] = jax.tree.map(lambda a: (a.shape, a.dtype), v)
-    x = jnp.zeros((1, 32, 32, 3))
+    x = jnp.zeros((1, *shape))
     texts[impl] = jax.jit(lambda x, model=model, v=v: model.apply(v, x)).lower(x).as_text()
   assert trees["xla"] == trees["auto"]
   assert "jaxseg_onednn" not in texts["xla"]
@@ -192,3 +194,18 @@ def test_unwritable_cache_is_named(monkeypatch, tmp_path):
   monkeypatch.setattr(onednn, "_find", lambda distribution, suffix: str(tmp_path / "x" / "y" / suffix))
   with pytest.raises(onednn.Unavailable, match="cannot write the compiled library under"):
     onednn.build()
+
+
+def test_3d_convolution_as_onednn_planes_equals_xla(built):
+  """A 3-D convolution split into 2-D ones over its depth taps (conv.conv_nd on CPU), those run
+  by oneDNN: values and both gradients as XLA's own 3-D convolution."""
+  x = jax.random.normal(jax.random.key(0), (2, 5, 8, 6, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 4, 6))
+  pad = ((1, 1),) * 3
+  conv2d = functools.partial(onednn.conv, fallback=conv._conv)
+  ours = lambda x, w: (conv.conv_nd(x, w, (1, 1, 1), pad, conv2d) ** 2).sum()  # noqa: E731
+  ref = lambda x, w: (conv._conv(x, w, (1, 1, 1), pad) ** 2).sum()  # noqa: E731
+  assert "jaxseg_onednn_ConvWgrad" in jax.jit(jax.grad(ours, 1)).lower(x, w).as_text()
+  for a, b in zip(jax.jit(jax.grad(ours, (0, 1)))(x, w), jax.grad(ref, (0, 1))(x, w),
+                  strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))

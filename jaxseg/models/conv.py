@@ -39,16 +39,17 @@ def _conv(x, w, strides, padding):
                                   dimension_numbers=_dimension_numbers(x.ndim - 2))
 
 
-def conv_nd(x, w, strides, padding):
+def conv_nd(x, w, strides, padding, conv2d=None):
   """XLA's convolution, except a stride-1 3-D convolution on CPU: there it is the sum over the
   kernel's depth taps of 2-D convolutions with depth folded into the batch, 2.5-4x faster
-  forward + backward than XLA CPU's own 3-D convolution (BUILD.md performance notes)."""
+  forward + backward than XLA CPU's own 3-D convolution (BUILD.md performance notes). Those
+  2-D convolutions are `conv2d(x, w, strides, padding)`'s, XLA's by default."""
   if x.ndim != 5 or any(s != 1 for s in strides) or not cpu_backend():
     return _conv(x, w, strides, padding)
-  return conv3d_as_2d(x, w, padding)
+  return conv3d_as_2d(x, w, padding, conv2d or _conv)
 
 
-def conv3d_as_2d(x, w, padding):
+def conv3d_as_2d(x, w, padding, conv2d=_conv):
   (lo, hi), *plane_padding = padding
   xp = jnp.pad(x, ((0, 0), (lo, hi), (0, 0), (0, 0), (0, 0)))
   n, _, h, wd, c = x.shape
@@ -56,7 +57,7 @@ def conv3d_as_2d(x, w, padding):
   out = None
   for tap in range(w.shape[0]):
     planes = lax.slice_in_dim(xp, tap, tap + depth, axis=1).reshape(n * depth, h, wd, c)
-    y = _conv(planes, w[tap], (1, 1), tuple(plane_padding))
+    y = conv2d(planes, w[tap], (1, 1), tuple(plane_padding))
     out = y if out is None else out + y
   return out.reshape(n, depth, *out.shape[1:])
 
@@ -153,7 +154,10 @@ class Conv(nn.Module):
     if self.impl == "patches":
       y = conv_patch_grad(x, kernel, strides, tuple(pads))
     elif self.impl in ("onednn", "auto"):
-      y = onednn.conv(x, kernel, strides, tuple(pads), conv_nd, required=self.impl == "onednn")
+      # oneDNN's 2-D convolutions also inside the 3-D ones that conv_nd splits into them.
+      conv2d = functools.partial(onednn.conv, fallback=_conv, required=self.impl == "onednn")
+      y = conv2d(x, kernel, strides, tuple(pads),
+                 fallback=functools.partial(conv_nd, conv2d=conv2d))
     elif self.impl == "xla":
       y = conv_nd(x, kernel, strides, tuple(pads))
     else:
