@@ -1,5 +1,6 @@
 """model.conv_impl=onednn: 3x3 stride-1 'SAME' convolutions on CPUs by oneDNN, as XLA FFI custom
-calls (jaxseg/native/onednn_conv.cc), the other convolutions and every other backend on XLA's.
+calls (jaxseg/native/onednn_conv.cc), the other convolutions and every other backend on XLA's
+(3-D ones, which jaxseg.models.conv splits on CPUs into 2-D ones, run those on oneDNN).
 model.conv_impl=auto (the default) is the same where oneDNN can run, and XLA's where it cannot.
 
 oneDNN comes from its PyPI wheels, installed with jaxseg on x86-64 Linux (oneDNN 3.2 built
