@@ -41,9 +41,9 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
   (layers.upsample2_bilinear, after).
 - onednn_conv: XLA's CPU convolutions (before) against oneDNN's for the 3x3 stride-1 ones
   (model.conv_impl=onednn, jaxseg.models.onednn; after).
-- onednn_models: the other models with 3x3 stride-1 convolutions (ResUNet, the VGG16 and
-  ResNet50 UNets) on XLA's convolutions (before) against model.conv_impl=auto where oneDNN runs
-  (after), at 128 px.
+- onednn_models: the models beyond the UNet (ResUNet, the VGG16, ResNet50 and EfficientNet-B3
+  encoder models, UNeXt) on XLA's convolutions (before) against model.conv_impl=auto where
+  oneDNN runs (after).
 - onednn_3d: the BraTS 3-D UNet's 3-D convolutions as sums of XLA's 2-D convolutions (before)
   against the same sums of oneDNN's (model.conv_impl=auto, after).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
@@ -98,7 +98,10 @@ MODELS = {
                     ("unext", {"features": 16, "conv_impl": "onednn"}, {}, None)],
     "onednn_models": [("resunet", {"features": 32, "conv_impl": "auto"}, {}, [128]),
                       ("unet_vgg16", {"features": 16, "conv_impl": "auto"}, {}, [128]),
-                      ("unet_resnet50", {"features": 16, "conv_impl": "auto"}, {}, [128])],
+                      ("unet_resnet50", {"features": 16, "conv_impl": "auto"}, {}, [128]),
+                      ("unext", {"features": 16, "conv_impl": "auto"}, {}, [256]),
+                      ("unetpp_efficientnet_b3", {"features": 16, "conv_impl": "auto"}, {},
+                       [224])],
     "onednn_3d": [("unet3d", {"features": 16, "norm": "group", "conv_impl": "auto"}, _3D, [64])],
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.

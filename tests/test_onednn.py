@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 from jaxseg.models import conv, onednn
 
@@ -32,31 +33,45 @@ def _ours(x, w, strides, padding):
   return onednn.conv(x, w, strides, padding, conv.conv_nd)
 
 
-@pytest.mark.parametrize("shape,cout", [((2, 16, 16, 8), 4), ((1, 7, 5, 3), 16),
-                                        ((3, 12, 10, 32), 24)])
-def test_onednn_convolution_and_gradients_equal_xla(built, shape, cout):
+@pytest.mark.parametrize("shape,kernel,cout,strides,padding", [
+    ((2, 16, 16, 8), 3, 4, (1, 1), SAME),
+    ((1, 7, 5, 3), 3, 16, (1, 1), SAME),
+    ((3, 12, 10, 32), 3, 24, (1, 1), SAME),
+    ((2, 9, 8, 4), 3, 6, (2, 2), ((1, 1), (1, 1))),  # strided, odd height (ResNet, ResUNet)
+    ((2, 8, 8, 4), 3, 6, (2, 2), ((0, 1), (0, 1))),  # Flax's asymmetric 'SAME' at stride 2
+    ((2, 16, 12, 3), 7, 8, (2, 2), ((3, 3), (3, 3))),  # ResNet's stem
+    ((2, 8, 6, 16), 1, 12, (1, 1), ((0, 0), (0, 0))),  # 1x1
+    ((2, 8, 6, 16), 1, 12, (2, 2), ((0, 0), (0, 0))),  # strided 1x1 (ResNet's downsample)
+])
+def test_onednn_convolution_and_gradients_equal_xla(built, shape, kernel, cout, strides, padding):
   x = jax.random.normal(jax.random.key(0), shape)
-  w = jax.random.normal(jax.random.key(1), (3, 3, shape[-1], cout))
-  assert onednn.applies(x, w, (1, 1), SAME)
-  np.testing.assert_allclose(jax.jit(_ours, static_argnums=(2, 3))(x, w, (1, 1), SAME),
-                             conv.conv_nd(x, w, (1, 1), SAME), rtol=1e-5, atol=1e-5)
-  ours = jax.jit(jax.grad(_loss(_ours), (0, 1)))(x, w)
-  ref = jax.grad(_loss(conv.conv_nd), (0, 1))(x, w)
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, shape[-1], cout))
+  assert onednn.applies(x, w, strides, padding)
+  assert "jaxseg_onednn_ConvWgrad" in jax.jit(jax.grad(_loss(_ours, strides, padding), 1)).lower(
+      x, w).as_text()
+  np.testing.assert_allclose(jax.jit(_ours, static_argnums=(2, 3))(x, w, strides, padding),
+                             conv.conv_nd(x, w, strides, padding), rtol=1e-5, atol=1e-5)
+  ours = jax.jit(jax.grad(_loss(_ours, strides, padding), (0, 1)))(x, w)
+  ref = jax.grad(_loss(conv.conv_nd, strides, padding), (0, 1))(x, w)
   for a, b in zip(ours, ref, strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(jnp.max(jnp.abs(b))))
 
 
-@pytest.mark.parametrize("kernel,strides,padding,dtype", [
-    (3, (2, 2), ((1, 1), (1, 1)), jnp.float32),  # strided
-    (1, (1, 1), ((0, 0), (0, 0)), jnp.float32),  # 1x1
-    (3, (1, 1), ((1, 1), (1, 1)), jnp.bfloat16),  # not float32
+@pytest.mark.parametrize("shape,kernel,dtype,groups", [
+    ((2, 8, 8, 4), 3, jnp.bfloat16, 1),  # not float32
+    ((2, 8, 8, 4), 3, jnp.float32, 2),  # grouped
+    ((2, 4, 8, 8, 4), 3, jnp.float32, 1),  # 3-D (conv.conv_nd splits those into 2-D ones)
 ])
-def test_convolutions_onednn_does_not_take_stay_xla(kernel, strides, padding, dtype):
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4)).astype(dtype)
-  w = jax.random.normal(jax.random.key(1), (kernel, kernel, 4, 6)).astype(dtype)
+def test_convolutions_onednn_does_not_take_stay_xla(shape, kernel, dtype, groups):
+  nd = len(shape) - 2
+  x = jax.random.normal(jax.random.key(0), shape).astype(dtype)
+  w = jax.random.normal(jax.random.key(1), (kernel,) * nd + (shape[-1] // groups, 6)).astype(dtype)
+  strides, padding = (1,) * nd, ((1, 1),) * nd
   assert not onednn.applies(x, w, strides, padding)
-  np.testing.assert_array_equal(_ours(x, w, strides, padding),
-                                conv.conv_nd(x, w, strides, padding))
+  fallback = lambda x, w, s, p: lax.conv_general_dilated(  # noqa: E731
+      x, w, s, p, dimension_numbers=conv._dimension_numbers(nd), feature_group_count=groups)
+  np.testing.assert_array_equal(onednn.conv(x, w, strides, padding, fallback),
+                                fallback(x, w, strides, padding))
 
 
 @pytest.mark.parametrize("name", ["unet", "unext"])
@@ -129,6 +144,7 @@ def test_auto_is_onednn_where_it_can_run(built):
 
 @pytest.mark.parametrize("name,shape", [("resunet", (32, 32, 3)), ("unet_vgg16", (32, 32, 3)),
                                         ("unet_resnet50", (32, 32, 3)),
+                                        ("unet_efficientnet_b3", (32, 32, 3)),
                                         ("unet3d", (8, 16, 16, 3))])
 def test_other_models_take_onednn_and_keep_their_parameters(built, name, shape):
   """conv_impl reaches every model's 3x3 stride-1 convolutions, with the same variables."""

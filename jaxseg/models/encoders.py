@@ -23,10 +23,12 @@ VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512
 _VGG_POOLS = (4, 9, 16, 23, 30)  # `features` indices of the pools
 
 
-def _conv(features, kernel, strides=1, padding=None, use_bias=False, dtype=jnp.float32,
-          impl="auto", name=None):
+def _conv(module, features, kernel, strides=1, padding=None, use_bias=False, name=None):
+  """torchvision's Conv2d (symmetric padding, kernel // 2 by default) in `module`'s dtype and
+  conv_impl."""
   pad = kernel // 2 if padding is None else padding
-  return Conv(features, kernel, strides, use_bias, dtype, impl, padding=pad, name=name)
+  return Conv(features, kernel, strides, use_bias, module.dtype, module.conv_impl, padding=pad,
+              name=name)
 
 
 def _bn(train, dtype, name):
@@ -55,8 +57,7 @@ class VGG16Encoder(nn.Module):
         x = max_pool(x)  # 2x2 / 2, as nn.max_pool but with a cheap gradient (layers.py)
         index += 1
       else:
-        x = nn.relu(_conv(item, 3, use_bias=True, dtype=self.dtype, impl=self.conv_impl,
-                          name=f"features_{index}")(x))
+        x = nn.relu(_conv(self, item, 3, use_bias=True, name=f"features_{index}")(x))
         index += 2  # conv and ReLU
     return feats + [x]
 
@@ -78,16 +79,13 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self.planes, 1, dtype=self.dtype,
-                                                    name="conv1")(x)))
-    y = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self.planes, 3, self.strides,
-                                                    dtype=self.dtype, impl=self.conv_impl,
+    y = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self, self.planes, 1, name="conv1")(x)))
+    y = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self, self.planes, 3, self.strides,
                                                     name="conv2")(y)))
-    y = _bn(train, self.dtype, "bn3")(_conv(self.planes * 4, 1, dtype=self.dtype,
-                                            name="conv3")(y))
+    y = _bn(train, self.dtype, "bn3")(_conv(self, self.planes * 4, 1, name="conv3")(y))
     if self.downsample:
       x = _bn(train, self.dtype, "downsample_1")(
-          _conv(self.planes * 4, 1, self.strides, dtype=self.dtype, name="downsample_0")(x))
+          _conv(self, self.planes * 4, 1, self.strides, name="downsample_0")(x))
     return nn.relu(x + y)
 
 
@@ -103,15 +101,14 @@ class ResNet50Encoder(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _conv(64, 7, 2, padding=3, dtype=self.dtype, name="conv1")(x)
+    x = _conv(self, 64, 7, 2, padding=3, name="conv1")(x)
     x = nn.relu(_bn(train, self.dtype, "bn1")(x))
     feats = [x]
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for layer, blocks in enumerate(self.LAYERS):
       planes = 64 * 2**layer
       for b in range(blocks):
-        x = Bottleneck(planes, strides=2 if (b == 0 and layer > 0) else 1, downsample=b == 0,
-                       dtype=self.dtype, conv_impl=self.conv_impl,
+        x = Bottleneck(planes, strides=2 if (b == 0 and layer > 0) else 1, downsample=b == 0, conv_impl=self.conv_impl,
                        name=f"layer{layer + 1}_{b}")(x, train)
       feats.append(x)
     return feats
@@ -147,33 +144,36 @@ class MBConv(nn.Module):
   strides: int
   out: int
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, train: bool):
     width, i, y = x.shape[-1] * self.expand, 0, x
     if self.expand != 1:
       y = nn.silu(_bn(train, self.dtype, "block_0_1")(
-          _conv(width, 1, dtype=self.dtype, name="block_0_0")(y)))
+          _conv(self, width, 1, name="block_0_0")(y)))
       i = 1
     pad = self.kernel // 2
     y = DepthwiseConv((self.kernel, self.kernel), self.strides, pad, use_bias=False,
                       dtype=self.dtype, name=f"block_{i}_0")(y)
     y = nn.silu(_bn(train, self.dtype, f"block_{i}_1")(y))
-    y = SqueezeExcite(max(1, x.shape[-1] // 4), self.dtype, name=f"block_{i + 1}")(y)
+    y = SqueezeExcite(max(1, x.shape[-1] // 4), self.dtype, self.conv_impl,
+                      name=f"block_{i + 1}")(y)
     y = _bn(train, self.dtype, f"block_{i + 2}_1")(
-        _conv(self.out, 1, dtype=self.dtype, name=f"block_{i + 2}_0")(y))
+        _conv(self, self.out, 1, name=f"block_{i + 2}_0")(y))
     return x + y if self.strides == 1 and x.shape[-1] == self.out else y
 
 
 class SqueezeExcite(nn.Module):
   squeeze: int
   dtype: jnp.dtype = jnp.float32
+  conv_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x):
     s = jnp.mean(x, axis=(1, 2), keepdims=True)
-    s = nn.silu(_conv(self.squeeze, 1, use_bias=True, dtype=self.dtype, name="fc1")(s))
-    s = _conv(x.shape[-1], 1, use_bias=True, dtype=self.dtype, name="fc2")(s)
+    s = nn.silu(_conv(self, self.squeeze, 1, use_bias=True, name="fc1")(s))
+    s = _conv(self, x.shape[-1], 1, use_bias=True, name="fc2")(s)
     return x * nn.sigmoid(s)
 
 
@@ -184,14 +184,14 @@ class EfficientNetB3Encoder(nn.Module):
   before the 1x1 head conv to 1536 channels (`features.8`), which the importer skips."""
 
   dtype: jnp.dtype = jnp.float32
-  conv_impl: str = "auto"  # no 3x3 stride-1 convolutions: XLA's either way
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl (the depthwise ones stay XLA's)
   STAGES = ("stem",) + tuple(f"stage{i}" for i in range(1, 8))
   IGNORED = ("features.8.",)
   WIDTH, DEPTH = 1.2, 1.4
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    x = _conv(_round_width(32 * self.WIDTH), 3, 2, dtype=self.dtype, name="features_0_0")(x)
+    x = _conv(self, _round_width(32 * self.WIDTH), 3, 2, name="features_0_0")(x)
     x = nn.silu(_bn(train, self.dtype, "features_0_1")(x))
     feats = []
     for stage, (expand, kernel, strides, out, blocks) in enumerate(_EFFNET_B0, start=1):
@@ -199,7 +199,7 @@ class EfficientNetB3Encoder(nn.Module):
         feats.append(x)
       for b in range(math.ceil(blocks * self.DEPTH)):
         x = MBConv(expand, kernel, strides if b == 0 else 1, _round_width(out * self.WIDTH),
-                   self.dtype, name=f"features_{stage}_{b}")(x, train)
+                   self.dtype, self.conv_impl, name=f"features_{stage}_{b}")(x, train)
     return feats + [x]
 
   @staticmethod

@@ -1,6 +1,6 @@
-"""model.conv_impl=onednn: 3x3 stride-1 'SAME' convolutions on CPUs by oneDNN, as XLA FFI custom
-calls (jaxseg/native/onednn_conv.cc), the other convolutions and every other backend on XLA's
-(3-D ones, which jaxseg.models.conv splits on CPUs into 2-D ones, run those on oneDNN).
+"""model.conv_impl=onednn: float32 2-D convolutions on CPUs by oneDNN, as XLA FFI custom calls
+(jaxseg/native/onednn_conv.cc); other dtypes and every other backend stay XLA's (3-D ones,
+which jaxseg.models.conv splits on CPUs into 2-D ones, run those on oneDNN).
 model.conv_impl=auto (the default) is the same where oneDNN can run, and XLA's where it cannot.
 
 oneDNN comes from its PyPI wheels, installed with jaxseg on x86-64 Linux (oneDNN 3.2 built
@@ -21,6 +21,7 @@ import subprocess
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from jax import lax
 from jax.experimental.custom_partitioning import custom_partitioning
@@ -30,7 +31,6 @@ from jax.sharding import PartitionSpec as P
 from jaxseg.hardware import cpu_backend
 
 SOURCE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "native", "onednn_conv.cc")
-_SAME = ((1, 1), (1, 1))
 
 
 class Unavailable(RuntimeError):
@@ -118,8 +118,16 @@ def usable() -> bool:
   return True
 
 
-def _call(name, shape, *args):
-  return jax.ffi.ffi_call(f"jaxseg_onednn_{name}", jax.ShapeDtypeStruct(shape, jnp.float32))(*args)
+def _call(name, shape, a, b, geometry):
+  _, (sh, sw), ((pt, pb), (pl, pr)), _ = geometry
+  attrs = dict(stride_h=sh, stride_w=sw, pad_top=pt, pad_bottom=pb, pad_left=pl, pad_right=pr)
+  return jax.ffi.ffi_call(f"jaxseg_onednn_{name}", jax.ShapeDtypeStruct(shape, jnp.float32))(
+      a, b, **{k: np.int64(v) for k, v in attrs.items()})
+
+
+def _out_hw(geometry):
+  (kh, kw), (sh, sw), ((pt, pb), (pl, pr)), (h, w) = geometry
+  return (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
 
 
 def _batch_spec(sharding) -> P:
@@ -129,75 +137,77 @@ def _batch_spec(sharding) -> P:
 
 
 def _batch_partitioned(name: str, out_shape, rule: str, sums_batch: bool):
-  """The FFI call `name` on (a, b) -> out_shape(a.shape, b.shape), partitioned over the batch:
-  under a sharded jit each device runs it on its own examples. XLA knows nothing of a custom
-  call and would gather the whole batch onto every device (each then doing all the work);
-  `sums_batch` (the weight gradient) adds the devices' partial sums."""
+  """The FFI call `name` on (a, b) -> out_shape(a.shape, b.shape, geometry), partitioned over
+  the batch: under a sharded jit each device runs it on its own examples. XLA knows nothing of
+  a custom call and would gather the whole batch onto every device (each then doing all the
+  work); `sums_batch` (the weight gradient) adds the devices' partial sums. `geometry`, static:
+  (kernel size, strides, padding, input size), each (height, width)."""
 
-  @custom_partitioning
-  def op(a, b):
-    return _call(name, out_shape(a.shape, b.shape), a, b)
+  def op(a, b, geometry):
+    return _call(name, out_shape(a.shape, b.shape, geometry), a, b, geometry)
+
+  partitioned = custom_partitioning(op, static_argnums=(2,))
 
   def shardings(mesh, arg_shapes):
     batch = NamedSharding(mesh, _batch_spec(arg_shapes[0].sharding))
     replicated = NamedSharding(mesh, P())
     return (batch, batch if sums_batch else replicated), replicated if sums_batch else batch
 
-  def infer(mesh, arg_shapes, result_shape):
+  def infer(geometry, mesh, arg_shapes, result_shape):
     return shardings(mesh, arg_shapes)[1]
 
-  def partition(mesh, arg_shapes, result_shape):
+  def partition(geometry, mesh, arg_shapes, result_shape):
     args, result = shardings(mesh, arg_shapes)
     axes = args[0].spec[0]
 
     def lower(a, b):
-      out = _call(name, out_shape(a.shape, b.shape), a, b)
+      out = op(a, b, geometry)
       return lax.psum(out, axes) if sums_batch and axes is not None else out
     return mesh, lower, result, args
 
-  op.def_partition(partition=partition, infer_sharding_from_operands=infer, sharding_rule=rule)
-  return op
+  partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
+                            sharding_rule=rule)
+  return partitioned
 
 
 # NHWC input x, HWIO kernel w, NHWC output gradient g.
-_forward = _batch_partitioned("ConvFwd", lambda x, w: (*x[:-1], w[-1]),
-                              "b y x i, k l i o -> b y x o", sums_batch=False)
-_input_gradient = _batch_partitioned("ConvBwdData", lambda g, w: (*g[:-1], w[2]),
-                                     "b y x o, k l i o -> b y x i", sums_batch=False)
-_weight_gradient = _batch_partitioned("ConvWgrad", lambda x, g: (3, 3, x[-1], g[-1]),
-                                      "b y x i, b y x o -> k l i o", sums_batch=True)
+_forward = _batch_partitioned("ConvFwd", lambda x, w, geo: (x[0], *_out_hw(geo), w[-1]),
+                              "b y x i, k l i o -> b p q o", sums_batch=False)
+_input_gradient = _batch_partitioned("ConvBwdData", lambda g, w, geo: (g[0], *geo[3], w[2]),
+                                     "b p q o, k l i o -> b y x i", sums_batch=False)
+_weight_gradient = _batch_partitioned("ConvWgrad", lambda x, g, geo: (*geo[0], x[-1], g[-1]),
+                                      "b y x i, b p q o -> k l i o", sums_batch=True)
 
 
-@jax.custom_vjp
-def _conv3x3(x, w):
-  return _forward(x, w)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _conv2d(x, w, geometry):
+  return _forward(x, w, geometry)
 
 
-def _conv3x3_fwd(x, w):
-  return _conv3x3(x, w), (x, w)
+def _conv2d_fwd(x, w, geometry):
+  return _conv2d(x, w, geometry), (x, w)
 
 
-def _conv3x3_bwd(residuals, g):
+def _conv2d_bwd(geometry, residuals, g):
   x, w = residuals
-  return _input_gradient(g, w), _weight_gradient(x, g)
+  return _input_gradient(g, w, geometry), _weight_gradient(x, g, geometry)
 
 
-_conv3x3.defvjp(_conv3x3_fwd, _conv3x3_bwd)
+_conv2d.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 def convolutions_in(hlo: str, conv_impl: str) -> str:
   """Which convolutions a compiled program (its HLO text) runs, for the logs: conv_impl=auto
   resolves per machine."""
   if "jaxseg_onednn_" in hlo:
-    return "onednn (3x3 stride 1), xla"
+    return "onednn"
   return "patches" if conv_impl == "patches" else "xla"
 
 
 def applies(x, w, strides, padding) -> bool:
-  """Whether oneDNN takes this convolution: CPU, 2-D, 3x3, stride 1, 'SAME', float32."""
-  return (cpu_backend() and x.ndim == 4 and tuple(w.shape[:2]) == (3, 3)
-          and tuple(strides) == (1, 1) and tuple(map(tuple, padding)) == _SAME
-          and x.dtype == w.dtype == jnp.float32)
+  """Whether oneDNN takes this convolution: CPU, 2-D, float32, not grouped, padding >= 0."""
+  return (cpu_backend() and x.ndim == 4 and x.dtype == w.dtype == jnp.float32
+          and w.shape[2] == x.shape[-1] and min(p for pair in padding for p in pair) >= 0)
 
 
 def conv(x, w, strides, padding, fallback, required: bool = True):
@@ -206,4 +216,6 @@ def conv(x, w, strides, padding, fallback, required: bool = True):
   if not applies(x, w, strides, padding) or not (required or usable()):
     return fallback(x, w, strides, padding)
   register()
-  return _conv3x3(x, w)
+  geometry = (tuple(w.shape[:2]), tuple(strides), tuple(map(tuple, padding)),
+              tuple(x.shape[1:3]))
+  return _conv2d(x, w, geometry)

@@ -1,5 +1,6 @@
-// model.conv_impl=onednn: a 3x3 stride-1 SAME convolution (NHWC input, HWIO kernel, float32)
-// by oneDNN, the library under PyTorch's CPU convolutions, as three XLA FFI handlers: forward,
+// model.conv_impl=onednn: a 2-D convolution (NHWC input, HWIO kernel, float32; any kernel size,
+// stride and padding, attributes stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right) by
+// oneDNN, the library under PyTorch's CPU convolutions, as three XLA FFI handlers: forward,
 // input gradient, weight gradient. jaxseg/models/onednn.py compiles it on first use and
 // registers the handlers; XLA's CPU convolutions ran the UNet's layers 1.2-2.8x slower
 // (BUILD.md performance notes). Primitives are built once per shape and cached. XLA may run
@@ -43,27 +44,35 @@ dnnl::memory Scratchpad(const dnnl::memory::desc& want) {
   return dnnl::memory(want, Engine(), buffer.data());
 }
 
-Conv& Get(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co) {
-  static std::map<std::array<int64_t, 5>, std::unique_ptr<Conv>> cache;
+// Stride and padding, from the handlers' attributes.
+struct Geometry {
+  int64_t sh, sw, pt, pb, pl, pr;
+};
+
+Conv& Get(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co, int64_t kh, int64_t kw,
+          const Geometry& g) {
+  static std::map<std::array<int64_t, 13>, std::unique_ptr<Conv>> cache;
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
-  std::array<int64_t, 5> key{n, h, w, ci, co};
+  std::array<int64_t, 13> key{n, h, w, ci, co, kh, kw, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr};
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
+  int64_t oh = (h + g.pt + g.pb - kh) / g.sh + 1, ow = (w + g.pl + g.pr - kw) / g.sw + 1;
   dnnl::memory::desc src({n, ci, h, w}, dt::f32, tag::nhwc);
-  dnnl::memory::desc dst({n, co, h, w}, dt::f32, tag::nhwc);
-  dnnl::memory::desc w_any({co, ci, 3, 3}, dt::f32, tag::any);
-  dnnl::memory::desc w_user({co, ci, 3, 3}, dt::f32, tag::hwio);
+  dnnl::memory::desc dst({n, co, oh, ow}, dt::f32, tag::nhwc);
+  dnnl::memory::desc w_any({co, ci, kh, kw}, dt::f32, tag::any);
+  dnnl::memory::desc w_user({co, ci, kh, kw}, dt::f32, tag::hwio);
+  dnnl::memory::dims strides{g.sh, g.sw}, pad_l{g.pt, g.pl}, pad_r{g.pb, g.pr};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   auto fwd_pd = dnnl::convolution_forward::primitive_desc(
       Engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src,
-      w_any, dst, {1, 1}, {1, 1}, {1, 1}, attr);
+      w_any, dst, strides, pad_l, pad_r, attr);
   auto bwd_data_pd = dnnl::convolution_backward_data::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, {1, 1}, {1, 1}, {1, 1},
+      Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, strides, pad_l, pad_r,
       fwd_pd, attr);
   auto bwd_w_pd = dnnl::convolution_backward_weights::primitive_desc(
-      Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, {1, 1}, {1, 1}, {1, 1},
+      Engine(), dnnl::algorithm::convolution_direct, src, w_any, dst, strides, pad_l, pad_r,
       fwd_pd, attr);
   auto c = std::unique_ptr<Conv>(new Conv{src, dst, w_user, fwd_pd,
                                           dnnl::convolution_forward(fwd_pd), bwd_data_pd,
@@ -83,9 +92,10 @@ dnnl::memory Weights(const dnnl::memory::desc& want, const dnnl::memory& user, d
 }
 
 ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y) {
-  auto xd = x.dimensions();
-  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], w.dimensions()[3]);
+                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
+                   int64_t pb, int64_t pl, int64_t pr) {
+  auto xd = x.dimensions(), wd = w.dimensions();
+  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
   dnnl::stream s(Engine());
   dnnl::memory wu(c.w_user, Engine(), w.typed_data());
   dnnl::memory wm = Weights(c.fwd_pd.weights_desc(), wu, s);
@@ -97,9 +107,10 @@ ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
 }
 
 ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> dx) {
-  auto gd = g.dimensions();
-  Conv& c = Get(gd[0], gd[1], gd[2], w.dimensions()[2], gd[3]);
+                       ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
+                       int64_t pb, int64_t pl, int64_t pr) {
+  auto xd = dx->dimensions(), wd = w.dimensions();
+  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
   dnnl::stream s(Engine());
   dnnl::memory wu(c.w_user, Engine(), w.typed_data());
   dnnl::memory wm = Weights(c.bwd_data_pd.weights_desc(), wu, s);
@@ -112,9 +123,10 @@ ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
 }
 
 ffi::Error WgradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                     ffi::ResultBuffer<ffi::F32> dw) {
-  auto xd = x.dimensions();
-  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], g.dimensions()[3]);
+                     ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt,
+                     int64_t pb, int64_t pl, int64_t pr) {
+  auto xd = x.dimensions(), wd = dw->dimensions();
+  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
   dnnl::stream s(Engine());
   dnnl::memory src(c.src, Engine(), x.typed_data()), ddst(c.dst, Engine(), g.typed_data());
   dnnl::memory wu(c.w_user, Engine(), dw->typed_data());
@@ -129,7 +141,17 @@ ffi::Error WgradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
 }
 }  // namespace
 
-#define BIND ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+#define BIND                                                                         \
+  ffi::Ffi::Bind()                                                                   \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                  \
+      .Arg<ffi::Buffer<ffi::F32>>()                                                  \
+      .Ret<ffi::Buffer<ffi::F32>>()                                                  \
+      .Attr<int64_t>("stride_h")                                                     \
+      .Attr<int64_t>("stride_w")                                                     \
+      .Attr<int64_t>("pad_top")                                                      \
+      .Attr<int64_t>("pad_bottom")                                                   \
+      .Attr<int64_t>("pad_left")                                                     \
+      .Attr<int64_t>("pad_right")
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvFwd, FwdImpl, BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvBwdData, BwdDataImpl, BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvWgrad, WgradImpl, BIND);
