@@ -111,8 +111,8 @@ def default_config() -> ml_collections.ConfigDict:
   # Compute dtype: auto (bfloat16 on GPUs / TPUs, float32 on CPUs), float32, bfloat16 or
   # float16; parameters stay float32.
   c.model.dtype = "auto"
-  # Convolutions: auto (onednn where it can run, else xla); xla; onednn (CPUs: the 3x3 stride-1
-  # float32 convolutions by oneDNN, which needs its wheels, in the default install on x86-64
+  # Convolutions: auto (onednn where it can run, else xla); xla; onednn (CPUs: the float32
+  # convolutions by oneDNN, depthwise ones excepted, which needs its wheels, in the default install on x86-64
   # Linux, and a C++ compiler; see BUILD.md's performance notes); or patches (weight gradient
   # as one im2col matmul)
   c.model.conv_impl = "auto"

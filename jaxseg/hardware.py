@@ -31,7 +31,7 @@ def cpu_backend() -> bool:
   there, each measured faster on CPU and not yet measured on an accelerator (BUILD.md
   performance notes): depthwise and 3-D convolutions and the 1x1 head's weight gradient
   (models/conv.py), and the gradient-accumulation loop (train/step.py); with
-  model.conv_impl=auto or onednn also the 3x3 convolutions (models/onednn.py). False inside
+  model.conv_impl=auto or onednn also the other convolutions (models/onednn.py). False inside
   `portable_layers()`, so the FLOP count sees XLA's convolutions."""
   return not _portable_layers and jax.default_backend() == "cpu"
 

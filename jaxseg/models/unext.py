@@ -55,7 +55,7 @@ class UNeXt(nn.Module):
   features: int = 16  # first stage; stages are features x (1, 2, 8, 10, 16)
   norm: str = "batch"
   dtype: jnp.dtype = jnp.float32
-  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl for the 3x3 convolutions
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -80,8 +80,7 @@ class UNeXt(nn.Module):
       x = nn.relu(norm(f"enc_bn{i}")(z, train, offset=conv_bias, then_max_pool=True))
       skips.append(x)
     for i, n in enumerate((t1, t2)):
-      x = nn.Conv(n, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)), dtype=dt,
-                  name=f"patch_embed{i}")(x)
+      x = Conv(n, 3, 2, dtype=dt, impl=self.conv_impl, padding=1, name=f"patch_embed{i}")(x)
       x = ln(f"patch_norm{i}")(x)
       x = ln(f"token_norm{i}")(ShiftedMLPBlock(dt, name=f"token_block{i}")(x))
       if i == 0:
