@@ -142,11 +142,12 @@ def test_auto_is_onednn_where_it_can_run(built):
   assert "jaxseg_onednn_ConvFwd" in lowered
 
 
-@pytest.mark.parametrize("name,shape", [("resunet", (32, 32, 3)), ("unet_vgg16", (32, 32, 3)),
-                                        ("unet_resnet50", (32, 32, 3)),
-                                        ("unet_efficientnet_b3", (32, 32, 3)),
-                                        ("unet3d", (8, 16, 16, 3))])
-def test_other_models_take_onednn_and_keep_their_parameters(built, name, shape):
+@pytest.mark.parametrize("name,shape,residual", [
+    ("resunet", (32, 32, 3), False), ("unet_vgg16", (32, 32, 3), False),
+    ("unet_resnet50", (32, 32, 3), False), ("unet_efficientnet_b3", (32, 32, 3), False),
+    ("unet", (32, 32, 3), True),  # the GI scratch network: 1x1 shortcuts
+    ("unet3d", (8, 16, 16, 3), False)])
+def test_other_models_take_onednn_and_keep_their_parameters(built, name, shape, residual):
   """conv_impl reaches every model's 3x3 stride-1 convolutions, with the same variables."""
   from jaxseg.config import default_config
   from jaxseg.models import build, init_variables
@@ -154,6 +155,7 @@ def test_other_models_take_onednn_and_keep_their_parameters(built, name, shape):
   for impl in ("xla", "auto"):
     c = default_config()
     c.model.name, c.model.features, c.model.depth, c.model.conv_impl = name, 4, 2, impl
+    c.model.residual = residual
     model = build(c.model, 3, 1)
     v = init_variables(model, shape)
     trees[impl] = jax.tree.map(lambda a: (a.shape, a.dtype), v)

@@ -109,7 +109,7 @@ class DoubleConv(nn.Module):
       return y
     if x.shape[-1] != self.features:
       x = ConvNormAct(self.features, kernel=1, norm=self.norm, act=False, dtype=self.dtype,
-                      name="shortcut")(x, train)
+                      conv_impl=self.conv_impl, name="shortcut")(x, train)
     return y + x
 
 
