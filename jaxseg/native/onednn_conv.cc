@@ -12,6 +12,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
@@ -91,19 +92,28 @@ dnnl::memory Weights(const dnnl::memory::desc& want, const dnnl::memory& user, d
   return m;
 }
 
+// Runs a primitive that reads the user's HWIO kernel `w` (forward, input gradient): the kernel
+// in the layout the primitive wants, then `args` and this call's scratchpad.
+ffi::Error RunWithKernel(const dnnl::primitive& p, const dnnl::memory::desc& want,
+                         const dnnl::memory::desc& scratchpad, const Conv& c, float* w,
+                         std::unordered_map<int, dnnl::memory> args) {
+  dnnl::stream s(Engine());
+  args[DNNL_ARG_WEIGHTS] = Weights(want, dnnl::memory(c.w_user, Engine(), w), s);
+  args[DNNL_ARG_SCRATCHPAD] = Scratchpad(scratchpad);
+  p.execute(s, args);
+  s.wait();
+  return ffi::Error::Success();
+}
+
 ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
                    ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
                    int64_t pb, int64_t pl, int64_t pr) {
   auto xd = x.dimensions(), wd = w.dimensions();
   Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
-  dnnl::stream s(Engine());
-  dnnl::memory wu(c.w_user, Engine(), w.typed_data());
-  dnnl::memory wm = Weights(c.fwd_pd.weights_desc(), wu, s);
-  dnnl::memory src(c.src, Engine(), x.typed_data()), dst(c.dst, Engine(), y->typed_data());
-  c.fwd.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DST, dst},
-                    {DNNL_ARG_SCRATCHPAD, Scratchpad(c.fwd_pd.scratchpad_desc())}});
-  s.wait();
-  return ffi::Error::Success();
+  return RunWithKernel(c.fwd, c.fwd_pd.weights_desc(), c.fwd_pd.scratchpad_desc(), c,
+                       w.typed_data(),
+                       {{DNNL_ARG_SRC, dnnl::memory(c.src, Engine(), x.typed_data())},
+                        {DNNL_ARG_DST, dnnl::memory(c.dst, Engine(), y->typed_data())}});
 }
 
 ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
@@ -111,15 +121,10 @@ ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
                        int64_t pb, int64_t pl, int64_t pr) {
   auto xd = dx->dimensions(), wd = w.dimensions();
   Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
-  dnnl::stream s(Engine());
-  dnnl::memory wu(c.w_user, Engine(), w.typed_data());
-  dnnl::memory wm = Weights(c.bwd_data_pd.weights_desc(), wu, s);
-  dnnl::memory ddst(c.dst, Engine(), g.typed_data()), dsrc(c.src, Engine(), dx->typed_data());
-  c.bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, ddst}, {DNNL_ARG_WEIGHTS, wm},
-                         {DNNL_ARG_DIFF_SRC, dsrc},
-                         {DNNL_ARG_SCRATCHPAD, Scratchpad(c.bwd_data_pd.scratchpad_desc())}});
-  s.wait();
-  return ffi::Error::Success();
+  return RunWithKernel(c.bwd_data, c.bwd_data_pd.weights_desc(),
+                       c.bwd_data_pd.scratchpad_desc(), c, w.typed_data(),
+                       {{DNNL_ARG_DIFF_DST, dnnl::memory(c.dst, Engine(), g.typed_data())},
+                        {DNNL_ARG_DIFF_SRC, dnnl::memory(c.src, Engine(), dx->typed_data())}});
 }
 
 ffi::Error WgradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
