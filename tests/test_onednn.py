@@ -1,4 +1,4 @@
-"""model.conv_impl=onednn: oneDNN's 3x3 convolutions under XLA (jaxseg.models.onednn)."""
+"""model.conv_impl=auto / onednn: oneDNN's convolutions under XLA (jaxseg.models.onednn)."""
 
 import functools
 import importlib.metadata
@@ -148,7 +148,8 @@ def test_auto_is_onednn_where_it_can_run(built):
     ("unet", (32, 32, 3), True),  # the GI scratch network: 1x1 shortcuts
     ("unet3d", (8, 16, 16, 3), False)])
 def test_other_models_take_onednn_and_keep_their_parameters(built, name, shape, residual):
-  """conv_impl reaches every model's 3x3 stride-1 convolutions, with the same variables."""
+  """conv_impl reaches every model's convolutions (the encoders' stems and 1x1 ones, the
+  shortcuts), with the same variables."""
   from jaxseg.config import default_config
   from jaxseg.models import build, init_variables
   trees, texts = {}, {}
