@@ -34,7 +34,7 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
   [B, H, W, 1] (before) against the flat [B, 1, N] view (losses.per_channel_view, after).
 - bn_max_pool: UNeXt's encoder stages as the convolution with its bias, nn.BatchNorm and
   max_pool (before) against batch norm and max-pool as one op, the bias passed to it
-  (pooling.BatchNormMaxPool, after). The earlier max-pool changes (upconv_maxpool, max_pool,
+  (batch_norm.BatchNorm with then_max_pool, after). The earlier max-pool changes (upconv_maxpool, max_pool,
   pool_head) measure UNeXt with both sides on the separate ops, as they were measured.
 - upsample_grad: UNeXt's up-sampling (the per-axis stencil) differentiated by JAX (before)
   against the transposed stencil over the edge-padded gradient as its gradient
@@ -46,6 +46,9 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
   oneDNN runs (after).
 - onednn_3d: the BraTS 3-D UNet's 3-D convolutions as sums of XLA's 2-D convolutions (before)
   against the same sums of oneDNN's (model.conv_impl=auto, after).
+- bn_relu: nn.BatchNorm then nn.relu (before) against batch norm and ReLU as one op with its
+  own gradient (batch_norm.batch_norm_relu, after), in the UNet and ResUNet (model.conv_impl=
+  auto, the default).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -69,7 +72,7 @@ _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "dept
                                          "upsample_stencil", "pool_head",
                                          "depthwise_input_grad", "loss_view", "bn_max_pool",
                                          "upsample_grad", "onednn_conv", "onednn_models",
-                                         "onednn_3d"],
+                                         "onednn_3d", "bn_relu"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -103,6 +106,8 @@ MODELS = {
                       ("unetpp_efficientnet_b3", {"features": 16, "conv_impl": "auto"}, {},
                        [224])],
     "onednn_3d": [("unet3d", {"features": 16, "norm": "group", "conv_impl": "auto"}, _3D, [64])],
+    "bn_relu": [("unet", {"features": 32, "conv_impl": "auto"}, {}, None),
+                ("resunet", {"features": 32, "conv_impl": "auto"}, {}, [128])],
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
@@ -136,27 +141,36 @@ def _reshape_max_pool(x, window=2):
   return x.reshape(shape).max(axis=tuple(2 + 2 * i for i in range(nd)))
 
 
-def _separate_bn_max_pool():
-  """UNeXt's encoder stage as before bn_max_pool: the convolution's bias added, nn.BatchNorm,
-  then layers.max_pool (looked up when called, so that the changes above can swap it)."""
+def _separate_norm(path: str):
+  """Puts one path of layers.Norm's batch norm back as it was before its change: "max_pool"
+  (before bn_max_pool: the convolution's bias added, nn.BatchNorm, then layers.max_pool, looked
+  up when called so that the max-pool changes above can swap it) or "relu" (before bn_relu:
+  nn.BatchNorm, then nn.relu). The other path stays jaxseg's batch_norm.BatchNorm."""
   import flax.linen as nn
   import jax.numpy as jnp
 
-  from jaxseg.models import layers
+  from jaxseg.models import batch_norm, layers
 
   class Separate(nn.Module):
-    momentum: float
-    epsilon: float
+    momentum: float = 0.9
+    epsilon: float = 1e-5
     window: int = 2
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train, offset):
+    def __call__(self, x, train, offset=None, relu=False, then_max_pool=False):
+      if (path == "max_pool") != then_max_pool:
+        return batch_norm.BatchNorm(self.momentum, self.epsilon, self.window, self.dtype)(
+            x, train, offset, relu, then_max_pool)
+      if offset is not None:
+        x = x + offset.astype(x.dtype)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
-                       epsilon=self.epsilon, dtype=self.dtype)(x + offset.astype(x.dtype))
-      return layers.max_pool(x, self.window)
+                       epsilon=self.epsilon, dtype=self.dtype)(x)
+      if then_max_pool:
+        return layers.max_pool(x, self.window)
+      return nn.relu(x) if relu else x
 
-  layers.BatchNormMaxPool = Separate
+  layers.BatchNorm = Separate
 
 
 def _use_before(change: str):
@@ -211,10 +225,12 @@ def _use_before(change: str):
     losses.per_channel_view = metrics.per_channel_view = (
         lambda a, task: (a, tuple(range(1, a.ndim - 1))))
   elif change == "bn_max_pool":
-    _separate_bn_max_pool()
+    _separate_norm("max_pool")
   elif change == "upsample_grad":
     from jaxseg.models import layers, unext
     unext.upsample2_bilinear = layers._upsample2  # the same stencil, differentiated by JAX
+  elif change == "bn_relu":
+    _separate_norm("relu")
   elif change in ("onednn_conv", "onednn_models", "onednn_3d"):
     pass  # the config: _measure sets model.conv_impl back to xla
   elif change not in _ENV_CHANGES:
@@ -223,7 +239,7 @@ def _use_before(change: str):
 
 def _measure(spec: dict) -> dict:
   if spec["change"] in _SEPARATE_POOL_CHANGES and spec["model"] == "unext":
-    _separate_bn_max_pool()
+    _separate_norm("max_pool")
   if spec["before"]:
     _use_before(spec["change"])
   from jaxseg.bench import bench_step

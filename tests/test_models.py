@@ -283,8 +283,9 @@ def test_max_pool_equals_flax(shape, window, dtype):
   np.testing.assert_array_equal(g, g_ref)
 
 
-def _batch_norm_then_max_pool(momentum=0.9, epsilon=1e-5):
-  """The composition BatchNormMaxPool replaces: the conv's bias added, nn.BatchNorm, max-pool."""
+def _separate_batch_norm(after: str, momentum=0.9, epsilon=1e-5):
+  """The composition batch_norm.BatchNorm replaces: the conv's bias added, nn.BatchNorm, then
+  max-pool (`after` "max_pool"), a ReLU ("relu") or nothing ("none")."""
   import flax.linen as nn
 
   from jaxseg.models.pooling import max_pool
@@ -294,37 +295,43 @@ def _batch_norm_then_max_pool(momentum=0.9, epsilon=1e-5):
     def __call__(self, x, train, offset):
       bn = nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
                         dtype=x.dtype, name="BatchNorm_0")
-      return max_pool(bn(x + offset.astype(x.dtype)))
+      y = bn(x + offset.astype(x.dtype))
+      return {"max_pool": max_pool, "relu": nn.relu, "none": lambda y: y}[after](y)
 
   return Separate()
 
 
-@pytest.mark.parametrize("shape,dtype,levels", [((2, 8, 6, 3), "float32", False),
-                                                ((2, 8, 6, 3), "float32", True),
-                                                ((2, 9, 7, 3), "float32", False),
-                                                ((1, 4, 6, 8, 2), "float32", False),
-                                                ((2, 8, 8, 4), "bfloat16", False)])
-def test_batch_norm_max_pool_is_batch_norm_then_max_pool(shape, dtype, levels):
-  """Same variables, outputs, running statistics and gradients as nn.BatchNorm followed by
-  max_pool, with scales of both signs (a negative one pools the minimum of its input), a ragged
-  edge, 3-D input, ties (inputs rounded to a few levels) and bfloat16. The conv bias passed as
-  the offset shifts the running mean and the evaluation output only."""
+_FUSED_CASES = [((2, 8, 6, 3), "float32", False), ((2, 8, 6, 3), "float32", True),
+                ((2, 9, 7, 3), "float32", False), ((1, 4, 6, 8, 2), "float32", False),
+                ((2, 8, 8, 4), "bfloat16", False)]
+
+
+@pytest.mark.parametrize("after", ["max_pool", "relu", "none"])
+@pytest.mark.parametrize("shape,dtype,levels", _FUSED_CASES)
+def test_fused_batch_norm_is_batch_norm_then_the_op(after, shape, dtype, levels):
+  """batch_norm.BatchNorm with then_max_pool / relu / neither: the same variables, outputs,
+  running statistics and gradients as nn.BatchNorm followed by max_pool / nn.relu / nothing,
+  with scales of both signs (a negative one pools the minimum of its input and flips the ReLU's
+  mask), a ragged edge, 3-D input, ties (inputs rounded to a few levels: exact zeros for the
+  ReLU) and bfloat16. The conv bias passed as the offset shifts the running mean and the
+  evaluation output only."""
   import flax.linen as nn
   import jax.numpy as jnp
   import numpy as np
 
-  from jaxseg.models.pooling import BatchNormMaxPool
+  from jaxseg.models.batch_norm import BatchNorm
 
   class Fused(nn.Module):
     @nn.compact
     def __call__(self, x, train, offset):
-      return BatchNormMaxPool(dtype=x.dtype, name="BatchNorm_0")(x, train, offset)
+      return BatchNorm(dtype=x.dtype, name="BatchNorm_0")(
+          x, train, offset, relu=after == "relu", then_max_pool=after == "max_pool")
 
   x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
   x = (jnp.round(x) if levels else x).astype(dtype)
   c = shape[-1]
   offset = jax.random.normal(jax.random.key(1), (c,))
-  ours, ref = Fused(), _batch_norm_then_max_pool()
+  ours, ref = Fused(), _separate_batch_norm(after)
   v = ref.init(jax.random.key(2), x, True, offset)
   jax.tree.map(np.testing.assert_array_equal, ours.init(jax.random.key(2), x, True, offset), v)
   v["params"]["BatchNorm_0"] = {"scale": jnp.array([1.5, -0.7, 0.3, -2.0])[:c],
@@ -342,6 +349,8 @@ def test_batch_norm_max_pool_is_batch_norm_then_max_pool(shape, dtype, levels):
   (y, upd, grads), (y_ref, upd_ref, grads_ref) = train(ours), train(ref)
   assert y.dtype == y_ref.dtype == jnp.dtype(dtype) and grads[1].dtype == jnp.dtype(dtype)
   np.testing.assert_allclose(y.astype(np.float32), y_ref.astype(np.float32), **tol)
+  if after == "relu":
+    assert float((y == 0).mean()) > 0.2  # the mask matters here
   # In bfloat16 the reference rounds x + offset before its statistics; this op adds the offset
   # to the float32 mean.
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **tol), upd, upd_ref)
@@ -354,18 +363,25 @@ def test_batch_norm_max_pool_is_batch_norm_then_max_pool(shape, dtype, levels):
                                 ref.apply(v_eval, x, False, offset))
 
 
-def test_batch_norm_max_pool_differentiates_its_statistics():
-  """The batch mean and variance it returns are differentiable too (they feed the running
-  averages in the module, but a caller may use them): against autodiff of the same formulas."""
+@pytest.mark.parametrize("after", ["max_pool", "relu", "none"])
+def test_fused_batch_norm_differentiates_its_statistics(after):
+  """The batch mean and variance the fused ops return are differentiable too (they feed the
+  running averages in the module, whose cotangents are then symbolic zeros and the term is left
+  out, but a caller may use them): against autodiff of the same formulas."""
   import numpy as np
 
-  from jaxseg.models.pooling import _batch_stats, batch_norm_max_pool, max_pool
+  from jaxseg.models.batch_norm import batch_norm_max_pool, batch_norm_relu, batch_stats
+  from jaxseg.models.pooling import max_pool
   x = 2 * jax.random.normal(jax.random.key(0), (2, 6, 8, 3)) - 1
   scale, bias = jnp.array([0.5, -1.5, 2.0]), jnp.array([0.3, 0.0, -0.2])
+  then = {"max_pool": max_pool, "relu": jax.nn.relu, "none": lambda y: y}[after]
+  fused = {"max_pool": lambda x, s, b: batch_norm_max_pool(x, s, b, 1e-5, 2),
+           "relu": lambda x, s, b: batch_norm_relu(x, s, b, 1e-5, True),
+           "none": lambda x, s, b: batch_norm_relu(x, s, b, 1e-5, False)}[after]
 
   def reference(x, scale, bias):
-    mean, var = _batch_stats(x)
-    return max_pool((x - mean) * (jax.lax.rsqrt(var + 1e-5) * scale) + bias), mean, var
+    mean, var = batch_stats(x)
+    return then((x - mean) * (jax.lax.rsqrt(var + 1e-5) * scale) + bias), mean, var
 
   def loss(fn):
     def f(x, scale, bias):
@@ -374,15 +390,16 @@ def test_batch_norm_max_pool_differentiates_its_statistics():
           mean * jnp.array([1.0, -2.0, 0.5])).sum() + (var * jnp.array([0.3, 1.0, -1.0])).sum()
     return jax.grad(f, (0, 1, 2))
 
-  got = loss(lambda x, s, b: batch_norm_max_pool(x, s, b, 1e-5, 2))(x, scale, bias)
-  want = loss(reference)(x, scale, bias)
+  got, want = loss(fused)(x, scale, bias), loss(reference)(x, scale, bias)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), got, want)
 
 
 @pytest.mark.parametrize("kind", ["batch", "group", "instance", "none"])
-def test_norm_then_max_pool_keeps_variables_and_values(kind):
-  """Norm(kind)(z, train, offset, then_max_pool=True), UNeXt's encoder stage, has the variables
-  of Norm(kind) and the values of max_pool(Norm(kind)(z + offset)) in training and evaluation."""
+def test_norm_then_max_pool_or_relu_keeps_variables_and_values(kind):
+  """Norm(kind)(z, train, offset, then_max_pool=True), UNeXt's encoder stage, and
+  Norm(kind)(z, train, relu=True), ConvNormAct's, have the variables of Norm(kind) and the values
+  of max_pool(Norm(kind)(z + offset)) and relu(Norm(kind)(z)) in training and evaluation; both
+  at once is refused (the ReLU belongs after the pool, on the smaller tensor)."""
   import numpy as np
 
   from jaxseg.models.layers import Norm
@@ -391,14 +408,21 @@ def test_norm_then_max_pool_keeps_variables_and_values(kind):
   offset = jax.random.normal(jax.random.key(1), (8,))
   norm = Norm(kind)
   v = norm.init(jax.random.key(2), z, False)
-  fused_v = norm.init(jax.random.key(2), z, False, offset, then_max_pool=True)
-  assert jax.tree.map(np.shape, fused_v) == jax.tree.map(np.shape, v)
+  for options in ({"then_max_pool": True}, {"relu": True}):
+    fused_v = norm.init(jax.random.key(2), z, False, offset, **options)
+    assert jax.tree.map(np.shape, fused_v) == jax.tree.map(np.shape, v)
   for train in (True, False):
     mutable = ["batch_stats"] if train else False
-    got = norm.apply(v, z, train, offset, then_max_pool=True, mutable=mutable)
-    want = norm.apply(v, z + offset, train, mutable=mutable)
-    got, want = (got[0], want[0]) if train else (got, want)
-    np.testing.assert_allclose(got, max_pool(want), rtol=1e-5, atol=1e-5)
+    pooled = norm.apply(v, z, train, offset, then_max_pool=True, mutable=mutable)
+    relu = norm.apply(v, z, train, relu=True, mutable=mutable)
+    plain = norm.apply(v, z + offset, train, mutable=mutable)
+    plain_z = norm.apply(v, z, train, mutable=mutable)
+    if train:
+      pooled, relu, plain, plain_z = pooled[0], relu[0], plain[0], plain_z[0]
+    np.testing.assert_allclose(pooled, max_pool(plain), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(relu, jax.nn.relu(plain_z), rtol=1e-5, atol=1e-5)
+  with pytest.raises(ValueError, match="relu with then_max_pool"):
+    norm.apply(v, z, True, relu=True, then_max_pool=True, mutable=["batch_stats"])
 
 
 def test_unext_encoder_conv_bias_gets_no_gradient_and_keeps_its_name():

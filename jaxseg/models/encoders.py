@@ -14,6 +14,7 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxseg.models.batch_norm import BatchNorm
 from jaxseg.models.conv import Conv, DepthwiseConv
 from jaxseg.models.pooling import max_pool
 
@@ -31,9 +32,11 @@ def _conv(module, features, kernel, strides=1, padding=None, use_bias=False, nam
               name=name)
 
 
-def _bn(train, dtype, name):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype,
-                      name=name)
+def _bn(train, dtype, name, relu=False):
+  """torchvision's BatchNorm2d (with the ReLU after it when `relu`): nn.BatchNorm's variables,
+  run as one op with the ReLU (jaxseg.models.batch_norm)."""
+  bn = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+  return lambda x: bn(x, train, relu=relu)
 
 
 class VGG16Encoder(nn.Module):
@@ -79,9 +82,9 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = nn.relu(_bn(train, self.dtype, "bn1")(_conv(self, self.planes, 1, name="conv1")(x)))
-    y = nn.relu(_bn(train, self.dtype, "bn2")(_conv(self, self.planes, 3, self.strides,
-                                                    name="conv2")(y)))
+    y = _bn(train, self.dtype, "bn1", relu=True)(_conv(self, self.planes, 1, name="conv1")(x))
+    y = _bn(train, self.dtype, "bn2", relu=True)(_conv(self, self.planes, 3, self.strides,
+                                                       name="conv2")(y))
     y = _bn(train, self.dtype, "bn3")(_conv(self, self.planes * 4, 1, name="conv3")(y))
     if self.downsample:
       x = _bn(train, self.dtype, "downsample_1")(
@@ -102,7 +105,7 @@ class ResNet50Encoder(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _conv(self, 64, 7, 2, padding=3, name="conv1")(x)
-    x = nn.relu(_bn(train, self.dtype, "bn1")(x))
+    x = _bn(train, self.dtype, "bn1", relu=True)(x)
     feats = [x]
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for layer, blocks in enumerate(self.LAYERS):

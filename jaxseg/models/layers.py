@@ -11,8 +11,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxseg.models.batch_norm import BatchNorm
 from jaxseg.models.conv import Conv, pointwise_conv, window_views
-from jaxseg.models.pooling import BatchNormMaxPool, max_pool
+from jaxseg.models.pooling import max_pool
 
 NORMS = ("batch", "group", "instance", "none")
 BN_MOMENTUM, BN_EPSILON = 0.9, 1e-5  # PyTorch's BatchNorm defaults (its momentum 0.1)
@@ -32,26 +33,29 @@ class Norm(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool, offset=None, then_max_pool: bool = False):
-    """norm(x + offset), or with `then_max_pool` max_pool(norm(x + offset)) (2x2 windows).
-    `offset` is the bias of the convolution before it, left out of that convolution so that a
-    batch norm can drop it where it cancels; batch norm and max-pool run as one op
-    (jaxseg.models.pooling.BatchNormMaxPool, under the nn.BatchNorm's name)."""
-    if self.kind == "batch" and then_max_pool:
-      return BatchNormMaxPool(BN_MOMENTUM, BN_EPSILON, dtype=self.dtype, name="BatchNorm_0")(
-          x, train, offset)
+  def __call__(self, x, train: bool, offset=None, then_max_pool: bool = False,
+               relu: bool = False):
+    """norm(x + offset), then max_pool (2x2 windows) with `then_max_pool` or a ReLU with
+    `relu` (not both). `offset` is the bias of the convolution before it, left out of that
+    convolution so that a batch norm can drop it where it cancels. Batch norm runs as one op
+    with the pool or the ReLU (jaxseg.models.batch_norm.BatchNorm, under nn.BatchNorm's
+    name)."""
+    if self.kind == "batch":
+      return BatchNorm(BN_MOMENTUM, BN_EPSILON, dtype=self.dtype, name="BatchNorm_0")(
+          x, train, offset, relu=relu, then_max_pool=then_max_pool)
+    if relu and then_max_pool:
+      raise ValueError("Norm: relu with then_max_pool; apply the ReLU after the pool")
     if offset is not None:
       x = x + offset.astype(x.dtype)
-    if self.kind == "batch":
-      x = nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                       dtype=self.dtype)(x)
-    elif self.kind == "group":
+    if self.kind == "group":
       x = nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-5, dtype=self.dtype)(x)
     elif self.kind == "instance":
       x = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype)(x)
     elif self.kind != "none":
       raise ValueError(f"model.norm={self.kind!r}; known: {NORMS}")
-    return max_pool(x) if then_max_pool else x
+    if then_max_pool:
+      return max_pool(x)
+    return nn.relu(x) if relu else x
 
 
 class ConvNormAct(nn.Module):
@@ -78,9 +82,7 @@ class ConvNormAct(nn.Module):
     else:
       x = Conv(self.features, self.kernel, self.strides, use_bias=self.norm == "none",
                dtype=self.dtype, impl=self.conv_impl, name="Conv_0")(x)
-    x = Norm(self.norm, self.dtype)(x, train)
-    if self.act:
-      x = nn.relu(x)
+    x = Norm(self.norm, self.dtype)(x, train, relu=self.act)
     if self.dropout:
       # Channel dropout (Dropout2d / Dropout3d): one draw per feature map.
       x = nn.Dropout(self.dropout, broadcast_dims=tuple(range(1, x.ndim - 1)),
