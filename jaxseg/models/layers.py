@@ -68,20 +68,12 @@ class ConvNormAct(nn.Module):
   dropout: float = 0.0
   act: bool = True
   dtype: jnp.dtype = jnp.float32
-  # jaxseg.models.conv.Conv's impl. 3-D convolutions always go through that Conv, which runs
-  # them on CPUs as sums of 2-D convolutions.
-  conv_impl: str = "auto"
+  conv_impl: str = "auto"  # jaxseg.models.conv.Conv's impl
 
   @nn.compact
   def __call__(self, x, train: bool):
-    nd = spatial_dims(x)
-    if self.conv_impl == "xla" and nd == 2:
-      x = nn.Conv(self.features, (self.kernel,) * nd, strides=(self.strides,) * nd,
-                  padding="SAME", use_bias=self.norm == "none", dtype=self.dtype,
-                  name="Conv_0")(x)
-    else:
-      x = Conv(self.features, self.kernel, self.strides, use_bias=self.norm == "none",
-               dtype=self.dtype, impl=self.conv_impl, name="Conv_0")(x)
+    x = Conv(self.features, self.kernel, self.strides, use_bias=self.norm == "none",
+             dtype=self.dtype, impl=self.conv_impl, name="Conv_0")(x)
     x = Norm(self.norm, self.dtype)(x, train, relu=self.act)
     if self.dropout:
       # Channel dropout (Dropout2d / Dropout3d): one draw per feature map.

@@ -64,10 +64,7 @@ class UNeXt(nn.Module):
     f = self.features
     c1, c2, c3, t1, t2 = f, 2 * f, 8 * f, 10 * f, 16 * f
     dt = self.dtype
-    def conv(n, name):  # nn.Conv's parameters either way
-      if self.conv_impl == "xla":
-        return nn.Conv(n, (3, 3), padding="SAME", dtype=dt, name=name)
-      return Conv(n, 3, dtype=dt, impl=self.conv_impl, name=name)
+    conv = lambda n, name: Conv(n, 3, dtype=dt, impl=self.conv_impl, name=name)  # noqa: E731
     norm = lambda name: Norm(self.norm, dt, name=name)  # noqa: E731
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=dt, name=name)  # noqa: E731
     x = x.astype(dt)
