@@ -46,9 +46,9 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
   oneDNN runs (after).
 - onednn_3d: the BraTS 3-D UNet's 3-D convolutions as sums of XLA's 2-D convolutions (before)
   against the same sums of oneDNN's (model.conv_impl=auto, after).
-- bn_relu: nn.BatchNorm then nn.relu (before) against batch norm and ReLU as one op with its
-  own gradient (batch_norm.batch_norm_relu, after), in the UNet and ResUNet (model.conv_impl=
-  auto, the default).
+- bn_relu: nn.BatchNorm then its activation (before) against batch norm and the activation as
+  one op with its own gradient (batch_norm.batch_norm_act, after): ReLU in the UNet and ResUNet,
+  SiLU in UNet++ / EfficientNet-B3 (model.conv_impl=auto, the default).
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -107,7 +107,8 @@ MODELS = {
                        [224])],
     "onednn_3d": [("unet3d", {"features": 16, "norm": "group", "conv_impl": "auto"}, _3D, [64])],
     "bn_relu": [("unet", {"features": 32, "conv_impl": "auto"}, {}, None),
-                ("resunet", {"features": 32, "conv_impl": "auto"}, {}, [128])],
+                ("resunet", {"features": 32, "conv_impl": "auto"}, {}, [128]),
+                ("unetpp_efficientnet_b3", {"features": 16, "conv_impl": "auto"}, {}, [224])],
 }
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
@@ -144,8 +145,8 @@ def _reshape_max_pool(x, window=2):
 def _separate_norm(path: str):
   """Puts one path of layers.Norm's batch norm back as it was before its change: "max_pool"
   (before bn_max_pool: the convolution's bias added, nn.BatchNorm, then layers.max_pool, looked
-  up when called so that the max-pool changes above can swap it) or "relu" (before bn_relu:
-  nn.BatchNorm, then nn.relu). The other path stays jaxseg's batch_norm.BatchNorm."""
+  up when called so that the max-pool changes above can swap it) or "act" (before bn_relu:
+  nn.BatchNorm, then its activation). The other path stays jaxseg's batch_norm.BatchNorm."""
   import flax.linen as nn
   import jax.numpy as jnp
 
@@ -158,17 +159,17 @@ def _separate_norm(path: str):
     dtype: jnp.dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train, offset=None, relu=False, then_max_pool=False):
+    def __call__(self, x, train, offset=None, act=None, then_max_pool=False):
       if (path == "max_pool") != then_max_pool:
         return batch_norm.BatchNorm(self.momentum, self.epsilon, self.window, self.dtype)(
-            x, train, offset, relu, then_max_pool)
+            x, train, offset, act, then_max_pool)
       if offset is not None:
         x = x + offset.astype(x.dtype)
       x = nn.BatchNorm(use_running_average=not train, momentum=self.momentum,
                        epsilon=self.epsilon, dtype=self.dtype)(x)
       if then_max_pool:
         return layers.max_pool(x, self.window)
-      return nn.relu(x) if relu else x
+      return batch_norm.activation(x, act)
 
   layers.BatchNorm = Separate
 
@@ -230,7 +231,7 @@ def _use_before(change: str):
     from jaxseg.models import layers, unext
     unext.upsample2_bilinear = layers._upsample2  # the same stencil, differentiated by JAX
   elif change == "bn_relu":
-    _separate_norm("relu")
+    _separate_norm("act")
   elif change in ("onednn_conv", "onednn_models", "onednn_3d"):
     pass  # the config: _measure sets model.conv_impl back to xla
   elif change not in _ENV_CHANGES:

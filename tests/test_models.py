@@ -285,7 +285,7 @@ def test_max_pool_equals_flax(shape, window, dtype):
 
 def _separate_batch_norm(after: str, momentum=0.9, epsilon=1e-5):
   """The composition batch_norm.BatchNorm replaces: the conv's bias added, nn.BatchNorm, then
-  max-pool (`after` "max_pool"), a ReLU ("relu") or nothing ("none")."""
+  max-pool (`after` "max_pool"), a ReLU ("relu"), a SiLU ("silu") or nothing ("none")."""
   import flax.linen as nn
 
   from jaxseg.models.pooling import max_pool
@@ -296,7 +296,8 @@ def _separate_batch_norm(after: str, momentum=0.9, epsilon=1e-5):
       bn = nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=epsilon,
                         dtype=x.dtype, name="BatchNorm_0")
       y = bn(x + offset.astype(x.dtype))
-      return {"max_pool": max_pool, "relu": nn.relu, "none": lambda y: y}[after](y)
+      return {"max_pool": max_pool, "relu": nn.relu, "silu": nn.silu,
+              "none": lambda y: y}[after](y)
 
   return Separate()
 
@@ -306,11 +307,12 @@ _FUSED_CASES = [((2, 8, 6, 3), "float32", False), ((2, 8, 6, 3), "float32", True
                 ((2, 8, 8, 4), "bfloat16", False)]
 
 
-@pytest.mark.parametrize("after", ["max_pool", "relu", "none"])
+@pytest.mark.parametrize("after", ["max_pool", "relu", "silu", "none"])
 @pytest.mark.parametrize("shape,dtype,levels", _FUSED_CASES)
 def test_fused_batch_norm_is_batch_norm_then_the_op(after, shape, dtype, levels):
-  """batch_norm.BatchNorm with then_max_pool / relu / neither: the same variables, outputs,
-  running statistics and gradients as nn.BatchNorm followed by max_pool / nn.relu / nothing,
+  """batch_norm.BatchNorm with then_max_pool / act="relu" / act="silu" / neither: the same
+  variables, outputs, running statistics and gradients as nn.BatchNorm followed by max_pool /
+  nn.relu / nn.silu / nothing,
   with scales of both signs (a negative one pools the minimum of its input and flips the ReLU's
   mask), a ragged edge, 3-D input, ties (inputs rounded to a few levels: exact zeros for the
   ReLU) and bfloat16. The conv bias passed as the offset shifts the running mean and the
@@ -325,7 +327,8 @@ def test_fused_batch_norm_is_batch_norm_then_the_op(after, shape, dtype, levels)
     @nn.compact
     def __call__(self, x, train, offset):
       return BatchNorm(dtype=x.dtype, name="BatchNorm_0")(
-          x, train, offset, relu=after == "relu", then_max_pool=after == "max_pool")
+          x, train, offset, act=after if after in ("relu", "silu") else None,
+          then_max_pool=after == "max_pool")
 
   x = 3 * jax.random.normal(jax.random.key(0), shape) + 1
   x = (jnp.round(x) if levels else x).astype(dtype)
@@ -363,21 +366,23 @@ def test_fused_batch_norm_is_batch_norm_then_the_op(after, shape, dtype, levels)
                                 ref.apply(v_eval, x, False, offset))
 
 
-@pytest.mark.parametrize("after", ["max_pool", "relu", "none"])
+@pytest.mark.parametrize("after", ["max_pool", "relu", "silu", "none"])
 def test_fused_batch_norm_differentiates_its_statistics(after):
   """The batch mean and variance the fused ops return are differentiable too (they feed the
   running averages in the module, whose cotangents are then symbolic zeros and the term is left
   out, but a caller may use them): against autodiff of the same formulas."""
   import numpy as np
 
-  from jaxseg.models.batch_norm import batch_norm_max_pool, batch_norm_relu, batch_stats
+  from jaxseg.models.batch_norm import batch_norm_act, batch_norm_max_pool, batch_stats
   from jaxseg.models.pooling import max_pool
   x = 2 * jax.random.normal(jax.random.key(0), (2, 6, 8, 3)) - 1
   scale, bias = jnp.array([0.5, -1.5, 2.0]), jnp.array([0.3, 0.0, -0.2])
-  then = {"max_pool": max_pool, "relu": jax.nn.relu, "none": lambda y: y}[after]
-  fused = {"max_pool": lambda x, s, b: batch_norm_max_pool(x, s, b, 1e-5, 2),
-           "relu": lambda x, s, b: batch_norm_relu(x, s, b, 1e-5, True),
-           "none": lambda x, s, b: batch_norm_relu(x, s, b, 1e-5, False)}[after]
+  then = {"max_pool": max_pool, "relu": jax.nn.relu, "silu": jax.nn.silu,
+          "none": lambda y: y}[after]
+  if after == "max_pool":
+    fused = lambda x, s, b: batch_norm_max_pool(x, s, b, 1e-5, 2)  # noqa: E731
+  else:
+    fused = lambda x, s, b: batch_norm_act(x, s, b, 1e-5, None if after == "none" else after)  # noqa: E731
 
   def reference(x, scale, bias):
     mean, var = batch_stats(x)
@@ -397,9 +402,10 @@ def test_fused_batch_norm_differentiates_its_statistics(after):
 @pytest.mark.parametrize("kind", ["batch", "group", "instance", "none"])
 def test_norm_then_max_pool_or_relu_keeps_variables_and_values(kind):
   """Norm(kind)(z, train, offset, then_max_pool=True), UNeXt's encoder stage, and
-  Norm(kind)(z, train, relu=True), ConvNormAct's, have the variables of Norm(kind) and the values
-  of max_pool(Norm(kind)(z + offset)) and relu(Norm(kind)(z)) in training and evaluation; both
-  at once is refused (the ReLU belongs after the pool, on the smaller tensor)."""
+  Norm(kind)(z, train, act="relu"), ConvNormAct's, have the variables of Norm(kind) and the
+  values of max_pool(Norm(kind)(z + offset)) and relu(Norm(kind)(z)) in training and
+  evaluation; both at once is refused (the ReLU belongs after the pool, on the smaller
+  tensor)."""
   import numpy as np
 
   from jaxseg.models.layers import Norm
@@ -408,21 +414,21 @@ def test_norm_then_max_pool_or_relu_keeps_variables_and_values(kind):
   offset = jax.random.normal(jax.random.key(1), (8,))
   norm = Norm(kind)
   v = norm.init(jax.random.key(2), z, False)
-  for options in ({"then_max_pool": True}, {"relu": True}):
+  for options in ({"then_max_pool": True}, {"act": "relu"}):
     fused_v = norm.init(jax.random.key(2), z, False, offset, **options)
     assert jax.tree.map(np.shape, fused_v) == jax.tree.map(np.shape, v)
   for train in (True, False):
     mutable = ["batch_stats"] if train else False
     pooled = norm.apply(v, z, train, offset, then_max_pool=True, mutable=mutable)
-    relu = norm.apply(v, z, train, relu=True, mutable=mutable)
+    relu = norm.apply(v, z, train, act="relu", mutable=mutable)
     plain = norm.apply(v, z + offset, train, mutable=mutable)
     plain_z = norm.apply(v, z, train, mutable=mutable)
     if train:
       pooled, relu, plain, plain_z = pooled[0], relu[0], plain[0], plain_z[0]
     np.testing.assert_allclose(pooled, max_pool(plain), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(relu, jax.nn.relu(plain_z), rtol=1e-5, atol=1e-5)
-  with pytest.raises(ValueError, match="relu with then_max_pool"):
-    norm.apply(v, z, True, relu=True, then_max_pool=True, mutable=["batch_stats"])
+  with pytest.raises(ValueError, match="with then_max_pool"):
+    norm.apply(v, z, True, act="relu", then_max_pool=True, mutable=["batch_stats"])
 
 
 def test_unext_encoder_conv_bias_gets_no_gradient_and_keeps_its_name():

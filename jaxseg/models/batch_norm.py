@@ -1,9 +1,9 @@
-"""Batch norm in training mode as one op with what follows it: a ReLU (`batch_norm_relu`) or a
-2x max-pool (`batch_norm_max_pool`), each with a hand-written gradient; and `BatchNorm`, the
+"""Batch norm in training mode as one op with what follows it: an activation, ReLU or SiLU
+(`batch_norm_act`), or a 2x max-pool (`batch_norm_max_pool`), each with a hand-written gradient; and `BatchNorm`, the
 module with nn.BatchNorm's variables that runs them.
 
 Given nn.BatchNorm and the op after it separately, XLA keeps intermediates at full resolution
-for the backward pass (the centred input, the ReLU's mask, the normalised tensor) and runs the
+for the backward pass (the centred input, the activation's input or mask, the normalised tensor) and runs the
 backward pass in several full-resolution passes. Here each forward pass reads its input twice
 (the statistics, then the output) and writes only the output; each backward pass reads the
 input and the output gradient twice (the sums, then the input gradient) and writes the input
@@ -36,38 +36,59 @@ def _statistics_gradient(z, mean, g_mean, g_var):
   return g_mean / n + (2 / n) * g_var * (z.astype(jnp.float32) - mean)
 
 
-def _batch_norm_relu_fwd(z, scale, bias, epsilon, relu):
+ACTIVATIONS = (None, "relu", "silu")
+
+
+def activation(y, act):
+  """act(y) for act in ACTIVATIONS."""
+  if act == "relu":
+    return jnp.maximum(y, 0.0)
+  if act == "silu":
+    return y * jax.nn.sigmoid(y)
+  if act is None:
+    return y
+  raise ValueError(f"batch norm activation {act!r}; known: {ACTIVATIONS}")
+
+
+def _activation_gradient(y, g, act):
+  """g times the activation's derivative at y (the ReLU's is 0 at 0, as jax.nn.relu's)."""
+  if act == "relu":
+    return jnp.where(y > 0, g, 0.0)
+  if act == "silu":
+    s = jax.nn.sigmoid(y)
+    return g * (s * (1 + y * (1 - s)))
+  return g
+
+
+def _batch_norm_act_fwd(z, scale, bias, epsilon, act):
   mean, var = batch_stats(z)
   rstd = lax.rsqrt(var + epsilon)
-  y = (z.astype(jnp.float32) - mean) * (rstd * scale) + bias
-  y = jnp.maximum(y, 0.0) if relu else y
+  y = activation((z.astype(jnp.float32) - mean) * (rstd * scale) + bias, act)
   return (y.astype(z.dtype), mean, var), (z, mean, rstd, scale, bias)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_relu(z, scale, bias, epsilon: float, relu: bool = True):
-  """relu(nn.BatchNorm in training mode (z)) (without the ReLU when `relu` is false) and the
-  batch's mean and variance (float32, per channel; for the running averages). Channels last;
-  z's dtype in and out, statistics and arithmetic in float32 as nn.BatchNorm computes them. The
-  ReLU's gradient at 0 is 0, as jax.nn.relu's. The backward pass recomputes the normalised input
-  and the ReLU's mask from z instead of keeping them."""
-  return _batch_norm_relu_fwd(z, scale, bias, epsilon, relu)[0]
+def batch_norm_act(z, scale, bias, epsilon: float, act: str | None = "relu"):
+  """act(nn.BatchNorm in training mode (z)), act one of ACTIVATIONS (None: the batch norm
+  alone), and the batch's mean and variance (float32, per channel; for the running averages).
+  Channels last; z's dtype in and out, statistics and arithmetic in float32 as nn.BatchNorm
+  computes them. The backward pass recomputes the normalised input and the activation's input
+  from z instead of keeping them."""
+  return _batch_norm_act_fwd(z, scale, bias, epsilon, act)[0]
 
 
-def _batch_norm_relu_fwd_rule(z, scale, bias, epsilon, relu):
+def _batch_norm_act_fwd_rule(z, scale, bias, epsilon, act):
   # symbolic_zeros: the differentiable arguments come wrapped (value, perturbed).
-  return _batch_norm_relu_fwd(z.value, scale.value, bias.value, epsilon, relu)
+  return _batch_norm_act_fwd(z.value, scale.value, bias.value, epsilon, act)
 
 
-def _batch_norm_relu_bwd(epsilon, relu, residuals, cotangents):
+def _batch_norm_act_bwd(epsilon, act, residuals, cotangents):
   z, mean, rstd, scale, bias = residuals
   g, g_mean, g_var = cotangents
   g = _instantiate(g)
   z32 = z.astype(jnp.float32)
   xhat = (z32 - mean) * rstd
-  dy = g.astype(jnp.float32)
-  if relu:
-    dy = jnp.where(xhat * scale + bias > 0, dy, 0.0)
+  dy = _activation_gradient(xhat * scale + bias, g.astype(jnp.float32), act)
   axes = tuple(range(z.ndim - 1))
   # Two reductions, not one variadic one: XLA's CPU backend hands a plain sum to its fast
   # reduction kernels, and ran the variadic one 4-6x slower (8 x 128^2 x 32, 2026-11-26).
@@ -92,7 +113,7 @@ def _instantiate(cotangent):
 
 # Symbolic zeros: the statistics usually feed only the running averages, whose cotangents are
 # then known zeros, and their input-gradient term (a full-resolution pass) is left out.
-batch_norm_relu.defvjp(_batch_norm_relu_fwd_rule, _batch_norm_relu_bwd, symbolic_zeros=True)
+batch_norm_act.defvjp(_batch_norm_act_fwd_rule, _batch_norm_act_bwd, symbolic_zeros=True)
 
 
 def _batch_norm_max_pool_fwd(z, scale, bias, epsilon, window):
@@ -149,7 +170,8 @@ batch_norm_max_pool.defvjp(_batch_norm_max_pool_fwd, _batch_norm_max_pool_bwd)
 
 
 class BatchNorm(nn.Module):
-  """nn.BatchNorm(x + offset), followed by a ReLU (`relu`) or a 2x max-pool (`then_max_pool`),
+  """nn.BatchNorm(x + offset), followed by an activation (`act`: "relu", "silu") or a 2x
+  max-pool (`then_max_pool`),
   with nn.BatchNorm's variables (params scale and bias, batch_stats mean and var; same shapes,
   initial values and updates, momentum as in flax), so that, named where that nn.BatchNorm was,
   it reads and writes the same checkpoints.
@@ -166,11 +188,11 @@ class BatchNorm(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x, train: bool, offset=None, relu: bool = False,
+  def __call__(self, x, train: bool, offset=None, act: str | None = None,
                then_max_pool: bool = False):
-    if relu and then_max_pool:
-      # max-pool and ReLU commute: the caller applies the ReLU to the 4x smaller pooled output.
-      raise ValueError("BatchNorm: relu with then_max_pool; apply the ReLU after the pool")
+    if act and then_max_pool:
+      # max-pool and a ReLU commute: the caller applies it to the 4x smaller pooled output.
+      raise ValueError(f"BatchNorm: act={act!r} with then_max_pool; apply it after the pool")
     c = x.shape[-1]
     ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), (c,))
     ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), (c,))
@@ -184,11 +206,11 @@ class BatchNorm(nn.Module):
       y = y.astype(self.dtype)
       if then_max_pool:
         return max_pool(y, self.window)
-      return nn.relu(y) if relu else y
+      return activation(y, act).astype(self.dtype)
     if then_max_pool:
       out, mean, var = batch_norm_max_pool(x, scale, bias, self.epsilon, self.window)
     else:
-      out, mean, var = batch_norm_relu(x, scale, bias, self.epsilon, relu)
+      out, mean, var = batch_norm_act(x, scale, bias, self.epsilon, act)
     if not self.is_initializing():
       m = self.momentum
       ra_mean.value = m * ra_mean.value + (1 - m) * (mean + offset)

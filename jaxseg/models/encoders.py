@@ -32,11 +32,11 @@ def _conv(module, features, kernel, strides=1, padding=None, use_bias=False, nam
               name=name)
 
 
-def _bn(train, dtype, name, relu=False):
-  """torchvision's BatchNorm2d (with the ReLU after it when `relu`): nn.BatchNorm's variables,
-  run as one op with the ReLU (jaxseg.models.batch_norm)."""
+def _bn(train, dtype, name, act=None):
+  """torchvision's BatchNorm2d (with the activation after it, "relu" or "silu", when `act`):
+  nn.BatchNorm's variables, run as one op with the activation (jaxseg.models.batch_norm)."""
   bn = BatchNorm(momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
-  return lambda x: bn(x, train, relu=relu)
+  return lambda x: bn(x, train, act=act)
 
 
 class VGG16Encoder(nn.Module):
@@ -82,8 +82,8 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool):
-    y = _bn(train, self.dtype, "bn1", relu=True)(_conv(self, self.planes, 1, name="conv1")(x))
-    y = _bn(train, self.dtype, "bn2", relu=True)(_conv(self, self.planes, 3, self.strides,
+    y = _bn(train, self.dtype, "bn1", act="relu")(_conv(self, self.planes, 1, name="conv1")(x))
+    y = _bn(train, self.dtype, "bn2", act="relu")(_conv(self, self.planes, 3, self.strides,
                                                        name="conv2")(y))
     y = _bn(train, self.dtype, "bn3")(_conv(self, self.planes * 4, 1, name="conv3")(y))
     if self.downsample:
@@ -105,7 +105,7 @@ class ResNet50Encoder(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _conv(self, 64, 7, 2, padding=3, name="conv1")(x)
-    x = _bn(train, self.dtype, "bn1", relu=True)(x)
+    x = _bn(train, self.dtype, "bn1", act="relu")(x)
     feats = [x]
     x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for layer, blocks in enumerate(self.LAYERS):
@@ -153,13 +153,13 @@ class MBConv(nn.Module):
   def __call__(self, x, train: bool):
     width, i, y = x.shape[-1] * self.expand, 0, x
     if self.expand != 1:
-      y = nn.silu(_bn(train, self.dtype, "block_0_1")(
-          _conv(self, width, 1, name="block_0_0")(y)))
+      y = _bn(train, self.dtype, "block_0_1", act="silu")(
+          _conv(self, width, 1, name="block_0_0")(y))
       i = 1
     pad = self.kernel // 2
     y = DepthwiseConv((self.kernel, self.kernel), self.strides, pad, use_bias=False,
                       dtype=self.dtype, name=f"block_{i}_0")(y)
-    y = nn.silu(_bn(train, self.dtype, f"block_{i}_1")(y))
+    y = _bn(train, self.dtype, f"block_{i}_1", act="silu")(y)
     y = SqueezeExcite(max(1, x.shape[-1] // 4), self.dtype, self.conv_impl,
                       name=f"block_{i + 1}")(y)
     y = _bn(train, self.dtype, f"block_{i + 2}_1")(
@@ -195,7 +195,7 @@ class EfficientNetB3Encoder(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = _conv(self, _round_width(32 * self.WIDTH), 3, 2, name="features_0_0")(x)
-    x = nn.silu(_bn(train, self.dtype, "features_0_1")(x))
+    x = _bn(train, self.dtype, "features_0_1", act="silu")(x)
     feats = []
     for stage, (expand, kernel, strides, out, blocks) in enumerate(_EFFNET_B0, start=1):
       if strides == 2:  # the map before each down-sampling stage is the last at its resolution

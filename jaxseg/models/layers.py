@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxseg.models.batch_norm import BatchNorm
+from jaxseg.models.batch_norm import BatchNorm, activation
 from jaxseg.models.conv import Conv, pointwise_conv, window_views
 from jaxseg.models.pooling import max_pool
 
@@ -34,17 +34,17 @@ class Norm(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool, offset=None, then_max_pool: bool = False,
-               relu: bool = False):
-    """norm(x + offset), then max_pool (2x2 windows) with `then_max_pool` or a ReLU with
-    `relu` (not both). `offset` is the bias of the convolution before it, left out of that
-    convolution so that a batch norm can drop it where it cancels. Batch norm runs as one op
-    with the pool or the ReLU (jaxseg.models.batch_norm.BatchNorm, under nn.BatchNorm's
-    name)."""
+               act: str | None = None):
+    """norm(x + offset), then max_pool (2x2 windows) with `then_max_pool` or an activation
+    (`act`: "relu", "silu"; not both). `offset` is the bias of the convolution before it, left
+    out of that convolution so that a batch norm can drop it where it cancels. Batch norm runs
+    as one op with the pool or the activation (jaxseg.models.batch_norm.BatchNorm, under
+    nn.BatchNorm's name)."""
     if self.kind == "batch":
       return BatchNorm(BN_MOMENTUM, BN_EPSILON, dtype=self.dtype, name="BatchNorm_0")(
-          x, train, offset, relu=relu, then_max_pool=then_max_pool)
-    if relu and then_max_pool:
-      raise ValueError("Norm: relu with then_max_pool; apply the ReLU after the pool")
+          x, train, offset, act=act, then_max_pool=then_max_pool)
+    if act and then_max_pool:
+      raise ValueError(f"Norm: act={act!r} with then_max_pool; apply it after the pool")
     if offset is not None:
       x = x + offset.astype(x.dtype)
     if self.kind == "group":
@@ -53,9 +53,7 @@ class Norm(nn.Module):
       x = nn.GroupNorm(num_groups=None, group_size=1, epsilon=1e-5, dtype=self.dtype)(x)
     elif self.kind != "none":
       raise ValueError(f"model.norm={self.kind!r}; known: {NORMS}")
-    if then_max_pool:
-      return max_pool(x)
-    return nn.relu(x) if relu else x
+    return max_pool(x) if then_max_pool else activation(x, act)
 
 
 class ConvNormAct(nn.Module):
@@ -74,7 +72,7 @@ class ConvNormAct(nn.Module):
   def __call__(self, x, train: bool):
     x = Conv(self.features, self.kernel, self.strides, use_bias=self.norm == "none",
              dtype=self.dtype, impl=self.conv_impl, name="Conv_0")(x)
-    x = Norm(self.norm, self.dtype)(x, train, relu=self.act)
+    x = Norm(self.norm, self.dtype)(x, train, act="relu" if self.act else None)
     if self.dropout:
       # Channel dropout (Dropout2d / Dropout3d): one draw per feature map.
       x = nn.Dropout(self.dropout, broadcast_dims=tuple(range(1, x.ndim - 1)),

@@ -24,9 +24,9 @@ class ResBlock(nn.Module):
   def __call__(self, x, train: bool):
     conv = lambda f, k, s: Conv(f, k, s, use_bias=self.norm == "none", dtype=self.dtype,  # noqa: E731
                                 impl=self.conv_impl)
-    y = x if self.stem else Norm(self.norm, self.dtype)(x, train, relu=True)
+    y = x if self.stem else Norm(self.norm, self.dtype)(x, train, act="relu")
     y = conv(self.features, 3, self.strides)(y)
-    y = Norm(self.norm, self.dtype)(y, train, relu=True)
+    y = Norm(self.norm, self.dtype)(y, train, act="relu")
     y = conv(self.features, 3, 1)(y)
     shortcut = Norm(self.norm, self.dtype)(conv(self.features, 1, self.strides)(x), train)
     return y + shortcut
