@@ -8,7 +8,7 @@ that layers_ab.py has no switch for (a change to the train step itself, say).
 
 Each model is NAME:FEATURES:SIZE (a registry name, model.features, the square input side). Both
 sides run the default configuration of their own code, batch --batch, in the same Python
-environment (this one's). Writes results/commits_ab-DATE-DEVICE-BEFORE.{md,json}.
+environment (this one's). Writes results/commits_ab-DATE-HHMM-DEVICE-BEFORE.{md,json} (UTC).
 """
 
 import datetime
@@ -102,7 +102,7 @@ def main(argv):
                     f"{meta['date']}\n\n`{meta['command']}`; batch {_BATCH.value}, "
                     f"{_STEPS.value} timed steps per fresh process, {_PAIRS.value} alternating "
                     "pairs, best of each side.\n\n" + result_files.table(header, rows))
-        path = result_files.stem(_OUT.value, "commits_ab", date.strftime("%Y-%m-%d"),
+        path = result_files.stem(_OUT.value, "commits_ab", date.strftime("%Y-%m-%d-%H%M"),
                                  meta["device"], before)
         result_files.write(path, {**meta, "rows": records}, markdown)
     finally:

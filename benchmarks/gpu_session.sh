@@ -9,7 +9,7 @@
 #
 # Phases (default: gate loop_gi models, 560 s at most with env: the GI loop with its loop-over-
 # step ratio and the registry models no GPU run has measured yet; vs_unet, vs_unext, loop,
-# profile, flags and data fit a second call):
+# profile, flags, data and bn_act fit a second call):
 #   gate      one tiny train step on the GPU; a failure ends the run at once, so that most of the
 #             lease is left for a fixed rerun (API drift in the image's newer JAX shows here)
 #   vs_unet   benchmarks/vs_torch.py, UNet, 256 px, batch 16, bfloat16: torch eager AMP with
@@ -26,6 +26,9 @@
 #   profile   a jax.profiler trace of 20 UNet bfloat16 steps: step_profile.py's kernel table, and
 #             the trace and HLO in unet_trace/ (step_profile.py --from_trace reads them here)
 #   flags     the UNet bfloat16 step (synced and unsynced) under each XLA flag set of FLAG_SETS
+#   bn_act    layers_ab.py's bn_relu on the GPU: nn.BatchNorm + activation against the fused op
+#             (batch_norm.batch_norm_act, measured on CPUs only so far), UNet 256 px batch 16,
+#             ResUNet 128, UNet++ / EfficientNet-B3 224, in fresh processes
 # Each phase runs under its own time limit so that one slow phase (a long compile) cannot eat the
 # lease. All output goes to $OUT/session.log and the tables (.md/.json, rewritten after each
 # row) to $OUT (benchmarks/results/gpu-session here when OUT is unset): no more than the 8 files
@@ -52,6 +55,7 @@ if [ "${GPU_SESSION_DRY:-0}" = 1 ]; then
   GI_WORKERS="0 1"
   SMALL="--config.data.batch_size=2 --config.data.image_size=64 --bench_steps=3"
   DATA="--configs=lgg_unet --workers=0,1 --batches=3 --step_configs= --steps=1"
+  AB="--sizes=64 --batch=2 --steps=1"
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target /tmp/site .whl/*.whl || { echo "wheel install failed: run make device-wheels"; exit 1; }
@@ -61,6 +65,7 @@ else
   MODELS="--steps=50 --batch=16 --dtype=bfloat16"
   SMALL="--config.model.dtype=bfloat16 --bench_steps=200"
   DATA="--configs=lgg_unet,gi_cnn_scratch --workers=4,12 --batches=40 --step_configs="
+  AB="--sizes=256 --batch=16 --steps=30"
 fi
 export PY SMALL LOOP_WORKERS GI_WORKERS
 
@@ -147,6 +152,7 @@ print(bench_step(c, steps=3, warmup=1))" || { echo "== gate failed: stopping"; e
     models) phase models ${MODELS_LIMIT:-300} $PY benchmarks/models.py $MODELS --only="$MODELS_ONLY" --out="$OUT" ;;
     profile) phase profile 60 profile_unet ;;
     flags) phase flags 120 flags_sweep ;;
+    bn_act) phase bn_act 200 $PY benchmarks/layers_ab.py --changes=bn_relu $AB ;;
     *) echo "unknown phase $p"; exit 2 ;;
   esac
 done
