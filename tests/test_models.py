@@ -379,10 +379,12 @@ def test_fused_batch_norm_differentiates_its_statistics(after):
   scale, bias = jnp.array([0.5, -1.5, 2.0]), jnp.array([0.3, 0.0, -0.2])
   then = {"max_pool": max_pool, "relu": jax.nn.relu, "silu": jax.nn.silu,
           "none": lambda y: y}[after]
-  if after == "max_pool":
-    fused = lambda x, s, b: batch_norm_max_pool(x, s, b, 1e-5, 2)  # noqa: E731
-  else:
-    fused = lambda x, s, b: batch_norm_act(x, s, b, 1e-5, None if after == "none" else after)  # noqa: E731
+  act = None if after == "none" else after
+
+  def fused(x, scale, bias):
+    if after == "max_pool":
+      return batch_norm_max_pool(x, scale, bias, 1e-5, 2)
+    return batch_norm_act(x, scale, bias, 1e-5, act)
 
   def reference(x, scale, bias):
     mean, var = batch_stats(x)

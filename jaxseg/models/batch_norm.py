@@ -1,13 +1,12 @@
 """Batch norm in training mode as one op with what follows it: an activation, ReLU or SiLU
-(`batch_norm_act`), or a 2x max-pool (`batch_norm_max_pool`), each with a hand-written gradient; and `BatchNorm`, the
-module with nn.BatchNorm's variables that runs them.
+(`batch_norm_act`), or a 2x max-pool (`batch_norm_max_pool`), each with a hand-written
+gradient; and `BatchNorm`, the module with nn.BatchNorm's variables that runs them.
 
 Given nn.BatchNorm and the op after it separately, XLA keeps intermediates at full resolution
-for the backward pass (the centred input, the activation's input or mask, the normalised tensor) and runs the
-backward pass in several full-resolution passes. Here each forward pass reads its input twice
-(the statistics, then the output) and writes only the output; each backward pass reads the
-input and the output gradient twice (the sums, then the input gradient) and writes the input
-gradient.
+for the backward pass (the centred input, the activation's input or mask, the normalised
+tensor) and runs the backward pass in several full-resolution passes. Here each forward pass
+reads its input twice (the statistics, then the output) and writes only the output; each
+backward pass recomputes what it needs from the saved input (see each op for its passes).
 """
 
 import functools
@@ -68,7 +67,7 @@ def _batch_norm_act_fwd(z, scale, bias, epsilon, act):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def batch_norm_act(z, scale, bias, epsilon: float, act: str | None = "relu"):
+def batch_norm_act(z, scale, bias, epsilon: float, act: str | None = None):
   """act(nn.BatchNorm in training mode (z)), act one of ACTIVATIONS (None: the batch norm
   alone), and the batch's mean and variance (float32, per channel; for the running averages).
   Channels last; z's dtype in and out, statistics and arithmetic in float32 as nn.BatchNorm
