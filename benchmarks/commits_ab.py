@@ -73,7 +73,7 @@ def main(argv):
   before = _git("rev-parse", "--short", _BEFORE.value)
   after = _git("rev-parse", "--short", "HEAD") + (" + working tree" if _git("status",
                                                                            "--porcelain") else "")
-  date = datetime.datetime.now(datetime.UTC)
+  date, started = datetime.datetime.now(datetime.UTC), result_files.started()
   meta = {"date": date.strftime("%Y-%m-%d %H:%M UTC"), "before": before, "after": after,
           "command": " ".join(sys.argv), "batch": _BATCH.value, "steps": _STEPS.value,
           "pairs": _PAIRS.value}
@@ -102,8 +102,7 @@ def main(argv):
                     f"{meta['date']}\n\n`{meta['command']}`; batch {_BATCH.value}, "
                     f"{_STEPS.value} timed steps per fresh process, {_PAIRS.value} alternating "
                     "pairs, best of each side.\n\n" + result_files.table(header, rows))
-        path = result_files.stem(_OUT.value, "commits_ab", date.strftime("%Y-%m-%d-%H%M"),
-                                 meta["device"], before)
+        path = result_files.stem(_OUT.value, "commits_ab", started, meta["device"], before)
         result_files.write(path, {**meta, "rows": records}, markdown)
     finally:
       _git("worktree", "remove", "--force", worktree)

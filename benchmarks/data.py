@@ -47,13 +47,15 @@ def _write(meta: dict, rows: list, steps: list) -> str:
   markdown += "\n" + result_files.table(
       ["train step of", "batch", "images / s"],
       [[r["config"], r["batch"], f"{r['images_per_s']:.2f}"] for r in steps])
-  return result_files.write(result_files.stem(_OUT.value, "data", meta["date"], meta["platform"]),
+  return result_files.write(result_files.stem(_OUT.value, "data", meta["started"],
+                                            meta["platform"]),
                             {"meta": meta, "data": rows, "step": steps}, markdown)
 
 
 def main(argv):
   del argv
-  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+  meta = {"date": datetime.date.today().isoformat(), "started": result_files.started(),
+          "device": jax.devices()[0].device_kind,
           "platform": jax.devices()[0].platform, "cpus": os.cpu_count(), "jax": jax.__version__,
           "command": " ".join(sys.argv), "commit": git_commit()}
   rows, steps = [], []

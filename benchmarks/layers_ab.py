@@ -34,8 +34,9 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
   [B, H, W, 1] (before) against the flat [B, 1, N] view (losses.per_channel_view, after).
 - bn_max_pool: UNeXt's encoder stages as the convolution with its bias, nn.BatchNorm and
   max_pool (before) against batch norm and max-pool as one op, the bias passed to it
-  (batch_norm.BatchNorm with then_max_pool, after). The earlier max-pool changes (upconv_maxpool, max_pool,
-  pool_head) measure UNeXt with both sides on the separate ops, as they were measured.
+  (batch_norm.BatchNorm with then_max_pool, after). The earlier max-pool changes
+  (upconv_maxpool, max_pool, pool_head) measure UNeXt with both sides on the separate ops, as
+  they were measured.
 - upsample_grad: UNeXt's up-sampling (the per-axis stencil) differentiated by JAX (before)
   against the transposed stencil over the edge-padded gradient as its gradient
   (layers.upsample2_bilinear, after).

@@ -74,13 +74,14 @@ def _write(rows: list, meta: dict) -> str:
         f"{r['images_per_s']:.2f}", f"{100 * r['mfu']:.1f}%", f"{r['xla_step_mb']:.0f}"]
        for r in rows])
   return result_files.write(
-      result_files.stem(_OUT.value, "models", meta["date"], meta["platform"], _DTYPE.value,
+      result_files.stem(_OUT.value, "models", meta["started"], meta["platform"], _DTYPE.value,
                         *_ONLY.value), {"meta": meta, "rows": rows}, markdown)
 
 
 def main(argv):
   del argv
-  meta = {"date": datetime.date.today().isoformat(), "device": jax.devices()[0].device_kind,
+  meta = {"date": datetime.date.today().isoformat(), "started": result_files.started(),
+          "device": jax.devices()[0].device_kind,
           "platform": jax.devices()[0].platform, "devices": jax.device_count(),
           "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
           "dtype": _DTYPE.value}

@@ -3,9 +3,16 @@ rewritten whole after each row, so that a run stopped at a time limit (a lent GP
 the rows it finished. Names keep to letters, digits, '.', '_' and '-': other names do not come
 back from a device machine."""
 
+import datetime
 import json
 import os
 import re
+
+
+def started() -> str:
+  """The run's start, YYYY-MM-DD-HHMM in UTC: the time part of every table's name, so that a
+  second run on the same day does not overwrite the first."""
+  return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
 
 
 def stem(folder: str, *parts: str) -> str:

@@ -5,8 +5,8 @@ UNeXt, same architecture, loss (BCE + soft Dice), optimizer (Adam), batch and in
   .venv/bin/python benchmarks/vs_torch.py --batch=16 --sizes=256 --dtype=bfloat16 \
       --torch_modes=eager,compile                                  # GPU: AMP, channels_last
 
-Writes benchmarks/results/vs_torch-<date>-<platform>.{md,json} with the images/s of each side,
-their ratio (JAX / PyTorch), device, versions and commit. Rows alternate JAX and torch per
+Writes benchmarks/results/vs_torch-<date>-<HHMM>-<platform>.{md,json} with the images/s of each
+side, their ratio (JAX / PyTorch), device, versions and commit. Rows alternate JAX and torch per
 model and size so both see the same machine state. Each side is measured in a fresh process
 (`--child`): in one process torch's OpenMP threads and JAX's thread pool shared 2 CPU cores
 (JAX's UNeXt step measured 80 ms after torch had run, 53 ms alone), and on a GPU JAX's memory
@@ -155,7 +155,7 @@ def write_tables(meta: dict, rows: list) -> str:
         f"{100 * r['jax_mfu']:.1f}%"] for r in rows])
   subset = _MODELS.value if _MODELS.value != _MODELS.default else []
   return result_files.write(
-      result_files.stem(_OUT.value, "vs_torch", meta["date"], meta["platform"], meta["dtype"],
+      result_files.stem(_OUT.value, "vs_torch", meta["started"], meta["platform"], meta["dtype"],
                         *subset, "" if meta["conv_impl"] == "auto" else meta["conv_impl"]),
       {"meta": meta, "rows": rows}, markdown)
 
@@ -165,7 +165,8 @@ def main(argv):
   if _CHILD.value:
     return run_child(json.loads(_CHILD.value))
   # No JAX or torch device use here: on a GPU this process would hold memory the children need.
-  meta = {"date": datetime.date.today().isoformat(), "cpus": os.cpu_count(),
+  meta = {"date": datetime.date.today().isoformat(), "started": result_files.started(),
+          "cpus": os.cpu_count(),
           "dtype": _DTYPE.value, "conv_impl": _CONV_IMPL.value, "command": " ".join(sys.argv),
           "commit": git_commit(),
           "repeats": _REPEATS.value}
