@@ -19,3 +19,15 @@ def test_write_rewrites_both_files_whole(tmp_path):
   assert json.loads(open(path + ".json").read())["rows"][1] == {"model": "unext"}
   assert open(path + ".md").read() == ("| model | img/s |\n|---|---|\n| unet | 1.00 |\n"
                                        "| unext | 2.50 |\n")
+
+
+def test_started_names_the_minute_in_utc():
+  import datetime
+  import re
+
+  from benchmarks.result_files import started
+  before = datetime.datetime.now(datetime.UTC).replace(second=0, microsecond=0)
+  s = started()
+  assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-\d{4}", s)
+  t = datetime.datetime.strptime(s, "%Y-%m-%d-%H%M").replace(tzinfo=datetime.UTC)
+  assert before <= t <= before + datetime.timedelta(minutes=1)
