@@ -112,9 +112,9 @@ def default_config() -> ml_collections.ConfigDict:
   # float16; parameters stay float32.
   c.model.dtype = "auto"
   # Convolutions: auto (onednn where it can run, else xla); xla; onednn (CPUs: the float32
-  # convolutions by oneDNN, depthwise ones excepted, which needs its wheels, in the default install on x86-64
-  # Linux, and a C++ compiler; see BUILD.md's performance notes); or patches (weight gradient
-  # as one im2col matmul)
+  # convolutions, depthwise ones excepted, by oneDNN, which needs its wheels, in the default
+  # install on x86-64 Linux, and a C++ compiler; see BUILD.md's performance notes); or patches
+  # (weight gradient as one im2col matmul)
   c.model.conv_impl = "auto"
   c.model.remat = False  # recompute block activations in the backward pass (saves memory)
   c.model.kernel_init = "lecun_normal"  # lecun_normal (Flax) | he_uniform | he_normal | glorot_uniform

@@ -111,7 +111,8 @@ class ResNet50Encoder(nn.Module):
     for layer, blocks in enumerate(self.LAYERS):
       planes = 64 * 2**layer
       for b in range(blocks):
-        x = Bottleneck(planes, strides=2 if (b == 0 and layer > 0) else 1, downsample=b == 0, conv_impl=self.conv_impl,
+        x = Bottleneck(planes, strides=2 if (b == 0 and layer > 0) else 1, downsample=b == 0,
+                       dtype=self.dtype, conv_impl=self.conv_impl,
                        name=f"layer{layer + 1}_{b}")(x, train)
       feats.append(x)
     return feats
