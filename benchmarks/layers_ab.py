@@ -151,7 +151,7 @@ def _separate_norm(path: str):
   import flax.linen as nn
   import jax.numpy as jnp
 
-  from jaxseg.models import batch_norm, layers
+  from jaxseg.models import batch_norm, encoders, layers
 
   class Separate(nn.Module):
     momentum: float = 0.9
@@ -172,7 +172,7 @@ def _separate_norm(path: str):
         return layers.max_pool(x, self.window)
       return batch_norm.activation(x, act)
 
-  layers.BatchNorm = Separate
+  layers.BatchNorm = encoders.BatchNorm = Separate  # Norm's and the encoders' batch norms
 
 
 def _use_before(change: str):
