@@ -20,7 +20,7 @@ import tempfile
 
 from absl import app, flags
 
-from jaxseg.cli import reexec_with_malloc_defaults
+from jaxseg.allocator import reexec_with_malloc_defaults
 
 import result_files
 

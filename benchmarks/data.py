@@ -18,8 +18,8 @@ import sys
 import jax
 from absl import app, flags
 
+from jaxseg.allocator import reexec_with_malloc_defaults
 from jaxseg.bench import bench_data, bench_step, git_commit
-from jaxseg.cli import reexec_with_malloc_defaults
 
 import result_files
 

@@ -50,6 +50,9 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
 - bn_relu: nn.BatchNorm then its activation (before) against batch norm and the activation as
   one op with its own gradient (batch_norm.batch_norm_act, after): ReLU in the UNet and ResUNet,
   SiLU in UNet++ / EfficientNet-B3 (model.conv_impl=auto, the default).
+- mimalloc: glibc's malloc with huge pages (before) against mimalloc preloaded, its freed memory
+  kept 10 s (after; jaxseg/allocator.py), with XLA's per-step temporary buffers freed and
+  allocated again every step.
 - pool_head: max-pool's forward pass as an element-wise max of strided views and the head as
   nn.Conv (before) against XLA's reduce-window and the head's weight gradient as one reduction
   (pooling.max_pool, layers.Head, after): both keep XLA's CPU backend from recomputing a
@@ -63,7 +66,7 @@ import sys
 
 from absl import app, flags
 
-from jaxseg.cli import reexec_with_malloc_defaults
+from jaxseg import allocator
 
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement")
 _SIZES = flags.DEFINE_list("sizes", ["128", "256"], "input sides")
@@ -73,7 +76,7 @@ _CHANGES = flags.DEFINE_list("changes", ["upconv_maxpool", "xla_cpu_conv", "dept
                                          "upsample_stencil", "pool_head",
                                          "depthwise_input_grad", "loss_view", "bn_max_pool",
                                          "upsample_grad", "onednn_conv", "onednn_models",
-                                         "onednn_3d", "bn_relu"],
+                                         "onednn_3d", "bn_relu", "mimalloc"],
                              "which changes to measure")
 _CHILD = flags.DEFINE_string("child", None, "internal: one measurement, as JSON")
 
@@ -91,6 +94,7 @@ MODELS = {
     "depthwise_grad": [("unext", {"features": 16}, {}, None),
                        ("unetpp_efficientnet_b3", {"features": 16}, {}, [224])],
     "malloc_hugepages": _2D,
+    "mimalloc": _2D,
     "upsample_stencil": [("unext", {"features": 16}, {}, None)],
     "pool_head": _2D,
     "depthwise_input_grad": [("unext", {"features": 16}, {}, None),
@@ -114,7 +118,8 @@ MODELS = {
 # Changes to UNeXt's max-pool from before bn_max_pool folded it into the batch norm.
 _SEPARATE_POOL_CHANGES = ("upconv_maxpool", "max_pool", "pool_head")
 # Changes that are the environment, set by the parent for the child.
-_ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages")
+_ENV_CHANGES = ("xla_cpu_conv", "malloc_hugepages", "mimalloc")
+_MALLOC_CHANGES = ("malloc_hugepages", "mimalloc")
 
 
 def _flax_up_conv(features, x, dtype, name=None):
@@ -262,8 +267,17 @@ def _run_child(spec: dict) -> float:
   env.pop("XLA_FLAGS", None)
   if spec["change"] == "xla_cpu_conv" and spec["before"]:
     env["JAXSEG_XLA_DEFAULTS"] = "0"
+  if spec["change"] in _MALLOC_CHANGES:  # each side's allocator exactly as the change says
+    for name in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY"):
+      env.pop(name, None)
+    env["JAXSEG_MALLOC_DEFAULTS"] = "0"
   if spec["change"] == "malloc_hugepages":
     env["GLIBC_TUNABLES"] = f"glibc.malloc.hugetlb={0 if spec['before'] else 1}"
+  if spec["change"] == "mimalloc":
+    env["GLIBC_TUNABLES"] = allocator.MALLOC_TUNABLE
+    if not spec["before"]:
+      env.update(LD_PRELOAD=allocator.mimalloc_library(),
+                 MIMALLOC_PURGE_DELAY=allocator.MIMALLOC_PURGE_DELAY)
   out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"], env=env,
                        check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])["ms"]
@@ -293,5 +307,5 @@ def main(argv):
 
 if __name__ == "__main__":
   # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks.
-  reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
+  allocator.reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -21,8 +21,8 @@ import jax
 from absl import app, flags
 
 from jaxseg import models
+from jaxseg.allocator import reexec_with_malloc_defaults
 from jaxseg.bench import bench_step, git_commit
-from jaxseg.cli import reexec_with_malloc_defaults
 from jaxseg.config import default_config
 
 import result_files

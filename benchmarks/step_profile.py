@@ -35,7 +35,7 @@ import tempfile
 
 from absl import app, flags
 
-from jaxseg.cli import reexec_with_malloc_defaults
+from jaxseg.allocator import reexec_with_malloc_defaults
 
 _MODEL = flags.DEFINE_string("model", "unext", "registry model name")
 _FEATURES = flags.DEFINE_integer("features", 16, "model.features: 16 for UNeXt, 32 for the LGG "

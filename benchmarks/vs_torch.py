@@ -10,7 +10,9 @@ side, their ratio (JAX / PyTorch), device, versions and commit. Rows alternate J
 model and size so both see the same machine state. Each side is measured in a fresh process
 (`--child`): in one process torch's OpenMP threads and JAX's thread pool shared 2 CPU cores
 (JAX's UNeXt step measured 80 ms after torch had run, 53 ms alone), and on a GPU JAX's memory
-preallocation would leave torch a quarter. `--repeats=N` keeps each side's best of N.
+preallocation would leave torch a quarter. `--repeats=N` keeps each side's best of N. The JAX
+side runs under the allocator the jaxseg command sets (mimalloc preloaded, jaxseg/allocator.py);
+torch's side under that one and under glibc's malloc alone (`--torch_malloc`), its best kept.
 """
 
 import datetime
@@ -26,8 +28,8 @@ import torch
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(__file__))
+from jaxseg import allocator  # noqa: E402
 from jaxseg.bench import bench_step, git_commit  # noqa: E402
-from jaxseg.cli import reexec_with_malloc_defaults  # noqa: E402
 from jaxseg.config import default_config  # noqa: E402
 
 import result_files  # noqa: E402
@@ -47,6 +49,10 @@ _MODES = flags.DEFINE_list("torch_modes", ["eager"], "eager and/or compile (torc
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
 _REPEATS = flags.DEFINE_integer("repeats", 1, "measurements per side and row (fresh processes, "
                                 "alternated); each side's best is kept")
+_TORCH_MALLOC = flags.DEFINE_list(
+    "torch_malloc", ["jaxseg", "glibc"], "allocators the torch side runs under, keeping its best: "
+    "jaxseg (the jaxseg command's, jaxseg/allocator.py: mimalloc preloaded) and glibc (its malloc "
+    "with huge pages alone); the JAX side runs under jaxseg's")
 _CHILD = flags.DEFINE_string("child", None, "internal: one side's measurement (JSON spec), "
                              "printed as JSON")
 
@@ -113,16 +119,24 @@ def bench_jax(name: str, size: int, batch: int, steps: int, dtype: str, warmup: 
 
 
 def measure(spec: dict) -> dict:
-  """One side of one row in a fresh process (this script with --child)."""
+  """One side of one row in a fresh process (this script with --child), under the allocator
+  spec["malloc"] names (default: this process's, jaxseg's)."""
+  env = dict(os.environ)
+  if spec.get("malloc") == "glibc":
+    for name in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY"):
+      env.pop(name, None)
+    env.update(JAXSEG_MALLOC_DEFAULTS="0", GLIBC_TUNABLES=allocator.MALLOC_TUNABLE)
   out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env=env)
   if out.returncode:
     raise RuntimeError(f"{spec} failed (exit {out.returncode}):\n{out.stderr[-4000:]}")
   return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def best(spec: dict, repeats: int) -> dict:
-  return max((measure(spec) for _ in range(repeats)), key=lambda r: r["images_per_s"])
+def best(spec: dict, repeats: int, mallocs=("jaxseg",)) -> dict:
+  """The fastest of `repeats` measurements under each allocator, alternated."""
+  runs = [{**measure({**spec, "malloc": m}), "malloc": m} for _ in range(repeats) for m in mallocs]
+  return max(runs, key=lambda r: r["images_per_s"])
 
 
 def run_child(spec: dict) -> None:
@@ -149,10 +163,10 @@ def write_tables(meta: dict, rows: list) -> str:
       "steps back to back, one sync at the end, as a training loop runs them.\n\n")
   markdown += result_files.table(
       ["model", "input", "batch", "torch", "JAX img/s", "torch img/s", "JAX / torch",
-       "unsynced JAX / torch", "JAX MFU"],
+       "unsynced JAX / torch", "JAX MFU", "torch's best allocator"],
       [[r["model"], r["size"], r["batch"], r["torch_mode"], f"{r['jax_images_per_s']:.2f}",
         f"{r['torch_images_per_s']:.2f}", f"{r['ratio']:.2f}", f"{r['ratio_unsynced']:.2f}",
-        f"{100 * r['jax_mfu']:.1f}%"] for r in rows])
+        f"{100 * r['jax_mfu']:.1f}%", r["torch_malloc"]] for r in rows])
   subset = _MODELS.value if _MODELS.value != _MODELS.default else []
   return result_files.write(
       result_files.stem(_OUT.value, "vs_torch", meta["started"], meta["platform"], meta["dtype"],
@@ -179,7 +193,7 @@ def main(argv):
       meta.update(device=j["device"], platform=j["platform"], jax=j["jax"],
                   convolutions=j["convolutions"])
       for mode in _MODES.value:
-        t = best({**spec, "side": "torch", "mode": mode}, _REPEATS.value)
+        t = best({**spec, "side": "torch", "mode": mode}, _REPEATS.value, _TORCH_MALLOC.value)
         meta["torch"] = t["torch"]
         row = {"model": name, "size": size, "batch": _BATCH.value, "torch_mode": mode,
                "jax_images_per_s": j["images_per_s"], "torch_images_per_s": t["images_per_s"],
@@ -187,7 +201,7 @@ def main(argv):
                "ratio_unsynced": j["images_per_s_unsynced"] / t["images_per_s_unsynced"],
                "jax_mfu": j["mfu"],
                "jax_compile_s": j["compile_s"], "torch_warmup_s": t["warmup_s"],
-               "params": t["params"]}
+               "params": t["params"], "torch_malloc": t["malloc"]}
         rows.append(row)
         stem = write_tables(meta, rows)
         print(f"{name} {size}px b{_BATCH.value} ({mode}): JAX {j['images_per_s']:.2f} img/s, "
@@ -199,6 +213,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks.
-  reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
+  # As the jaxseg command runs (jaxseg/allocator.py); the children inherit it.
+  allocator.reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -20,6 +20,8 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from jaxseg.allocator import reexec_with_malloc_defaults
+
 COMMANDS = ("train", "evaluate", "predict", "bench", "sweep", "report")
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -168,31 +170,6 @@ def _config_sweep() -> list[dict]:
   if not hasattr(module, "sweep"):
     raise app.UsageError(f"{path} has no sweep(); pass --sweep='key=[v1,v2];...'")
   return module.sweep()
-
-
-# Set for the process by re-executing it, since glibc reads its tunables only at start-up:
-# transparent huge pages for malloc's large blocks. XLA's CPU runtime allocates each execution's
-# temporary buffers afresh (the UNet train step at 128 px, batch 8: 461 MB), and as 4 KB pages
-# every step faulted all of them in again (118,000 minor faults and 0.18 s of kernel time per
-# step); in 2 MB pages, ~770. Train steps on this project's CPU: UNet 1.18x / 1.26x, UNeXt
-# 1.45x / 1.30x at 128 / 256 px (BUILD.md performance notes).
-# GPU and TPU hosts only see their host-side allocations use huge pages.
-MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
-
-
-def reexec_with_malloc_defaults(environ=os.environ, execv=os.execv, platform=sys.platform,
-                                argv=None, command=None) -> None:
-  """Re-runs this command (`command`, default `python -m jaxseg <argv[1:]>`) with
-  MALLOC_TUNABLE added to GLIBC_TUNABLES, unless it is there already, GLIBC_TUNABLES names
-  glibc.malloc.hugetlb itself, the platform is not Linux, or JAXSEG_MALLOC_DEFAULTS=0."""
-  tunables = environ.get("GLIBC_TUNABLES", "")
-  if (platform != "linux" or environ.get("JAXSEG_MALLOC_DEFAULTS", "1") == "0"
-      or "glibc.malloc.hugetlb" in tunables):
-    return
-  environ["GLIBC_TUNABLES"] = f"{tunables}:{MALLOC_TUNABLE}" if tunables else MALLOC_TUNABLE
-  argv = sys.argv if argv is None else argv
-  command = command or [sys.executable, "-m", "jaxseg", *argv[1:]]
-  execv(command[0], command)
 
 
 def run():

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -128,33 +129,62 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, lgg_root):
   assert proc.returncode != 0 and "no checkpoint" in proc.stderr
 
 
-def test_cli_reexecs_once_with_huge_pages_for_malloc():
-  from jaxseg.cli import MALLOC_TUNABLE, reexec_with_malloc_defaults
+def test_malloc_defaults_add_only_what_the_environment_lacks():
+  from jaxseg.allocator import MALLOC_TUNABLE, MIMALLOC_PURGE_DELAY, malloc_defaults
+  lib = "/x/libmimalloc.so"
+  fresh = malloc_defaults({}, "linux", lib)
+  assert fresh == {"GLIBC_TUNABLES": MALLOC_TUNABLE, "LD_PRELOAD": lib,
+                   "MIMALLOC_PURGE_DELAY": MIMALLOC_PURGE_DELAY}
+  assert malloc_defaults(fresh, "linux", lib) == {}  # the re-executed process adds nothing
+  assert malloc_defaults({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, "linux", None) == {
+      "GLIBC_TUNABLES": f"glibc.malloc.arena_max=2:{MALLOC_TUNABLE}"}  # no mimalloc installed
+  # A user's preload, tunable or purge delay stays theirs.
+  assert malloc_defaults({"LD_PRELOAD": "libtcmalloc.so"}, "linux", lib) == {
+      "GLIBC_TUNABLES": MALLOC_TUNABLE}
+  assert malloc_defaults({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0",
+                          "MIMALLOC_PURGE_DELAY": "-1"}, "linux", lib) == {"LD_PRELOAD": lib}
+  assert malloc_defaults({"JAXSEG_MALLOC_DEFAULTS": "0"}, "linux", lib) == {}
+  assert malloc_defaults({}, "darwin", lib) == {}
+
+
+def test_cli_reexecs_once_with_the_malloc_defaults():
+  from jaxseg.allocator import MALLOC_TUNABLE, reexec_with_malloc_defaults
   calls = []
   env = {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}
-  reexec_with_malloc_defaults(env, lambda *a: calls.append(a), "linux", ["jaxseg", "bench", "-x"])
+
+  def reexec(env, system, argv):
+    reexec_with_malloc_defaults(env, lambda *a: calls.append(a), system, argv,
+                                mimalloc=lambda: "/x/libmimalloc.so")
+  reexec(env, "linux", ["jaxseg", "bench", "-x"])
   assert env["GLIBC_TUNABLES"] == f"glibc.malloc.arena_max=2:{MALLOC_TUNABLE}"
+  assert env["LD_PRELOAD"] == "/x/libmimalloc.so"
   assert calls == [(sys.executable, [sys.executable, "-m", "jaxseg", "bench", "-x"])]
-  reexec_with_malloc_defaults(env, lambda *a: calls.append(a), "linux", ["jaxseg"])  # the child
+  reexec(env, "linux", ["jaxseg"])  # the child
   assert len(calls) == 1
-  for env, platform in [({"JAXSEG_MALLOC_DEFAULTS": "0"}, "linux"),
-                        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, "linux"), ({}, "darwin")]:
+  for env, system in [({"JAXSEG_MALLOC_DEFAULTS": "0"}, "linux"),
+                      ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0", "LD_PRELOAD": ""}, "linux"),
+                      ({}, "darwin")]:
     before = dict(env)
-    reexec_with_malloc_defaults(env, lambda *a: calls.append(a), platform, ["jaxseg"])
+    reexec(env, system, ["jaxseg"])
     assert env == before and len(calls) == 1
 
 
-def test_the_reexecuted_process_has_the_tunable(tmp_path):
+def test_the_reexecuted_process_runs_on_mimalloc_with_the_tunable(tmp_path):
+  from jaxseg.allocator import mimalloc_library
+  # The wheel is a dependency on x86-64 Linux: there it must be found.
+  assert mimalloc_library() or not (sys.platform == "linux" and platform.machine() == "x86_64")
   script = tmp_path / "probe.py"
   script.write_text(
-      "import os, sys\nfrom jaxseg import cli\n"
+      "import os, sys\nfrom jaxseg import allocator\n"
       "print('before: ' + os.environ.get('GLIBC_TUNABLES', '-'), flush=True)\n"
-      "cli.reexec_with_malloc_defaults(command=[sys.executable, '-c', "
-      "'import os; print(\"after: \" + os.environ[\"GLIBC_TUNABLES\"])'])\n"
+      "allocator.reexec_with_malloc_defaults(command=[sys.executable, '-c', "
+      "'import os; print(\"after: \" + os.environ[\"GLIBC_TUNABLES\"]); "
+      "print(\"mimalloc mapped:\", \"libmimalloc\" in open(\"/proc/self/maps\").read())'])\n"
       "print('not reached')\n")
-  env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES",
-                                                            "JAXSEG_MALLOC_DEFAULTS")}
+  env = {k: v for k, v in os.environ.items() if k not in (
+      "GLIBC_TUNABLES", "JAXSEG_MALLOC_DEFAULTS", "LD_PRELOAD", "MIMALLOC_PURGE_DELAY")}
   out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env,
                        timeout=120)
   assert out.returncode == 0, out.stderr
-  assert out.stdout.splitlines() == ["before: -", "after: glibc.malloc.hugetlb=1"]
+  assert out.stdout.splitlines() == ["before: -", "after: glibc.malloc.hugetlb=1",
+                                     f"mimalloc mapped: {mimalloc_library() is not None}"]

@@ -1,0 +1,67 @@
+"""The memory allocator the `jaxseg` command and the benchmark scripts run under, set by
+re-executing the process once (the dynamic loader and glibc read these variables only at
+start-up; in your own Python process, start it with them set).
+
+XLA's CPU runtime allocates each execution's temporary buffers afresh and frees them at its end
+(the UNet train step at 128 px, batch 8: 430 MB, in one block). glibc serves a block that large
+with a fresh mmap and unmaps it on free, so every step the kernel faults in and zeroes all of it
+again. Two defaults, each added unless the environment already sets it:
+- mimalloc (the cmeel-mimalloc wheel, a dependency on x86-64 Linux) preloaded, with its freed
+  memory kept for MIMALLOC_PURGE_DELAY ms before it goes back to the system: the next step
+  reuses the same pages. Left out where the wheel is missing or LD_PRELOAD is set already.
+- `glibc.malloc.hugetlb=1` in GLIBC_TUNABLES, for glibc's malloc where mimalloc is not
+  preloaded: transparent huge pages for the large blocks, 2 MB faults instead of 4 KB ones.
+BUILD.md's performance notes have both measured. JAXSEG_MALLOC_DEFAULTS=0 turns both off.
+"""
+
+import importlib.metadata
+import os
+import sys
+
+MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+# Milliseconds mimalloc keeps freed memory before returning it to the system (its default, 10,
+# returned the steps' buffers between steps). Memory idle for longer still goes back.
+MIMALLOC_PURGE_DELAY = "10000"
+
+
+def mimalloc_library() -> str | None:
+  """The installed cmeel-mimalloc wheel's libmimalloc.so, or None without it."""
+  try:
+    files = importlib.metadata.distribution("cmeel-mimalloc").files or []
+  except importlib.metadata.PackageNotFoundError:
+    return None
+  for f in files:
+    if str(f).endswith("lib/libmimalloc.so"):
+      path = str(f.locate())
+      return path if os.path.exists(path) else None
+  return None
+
+
+def malloc_defaults(environ, platform: str, mimalloc: str | None) -> dict:
+  """The variables to add to `environ` (empty: nothing to add) on `platform`, with `mimalloc`
+  the library to preload or None."""
+  if platform != "linux" or environ.get("JAXSEG_MALLOC_DEFAULTS", "1") == "0":
+    return {}
+  add = {}
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  if "glibc.malloc.hugetlb" not in tunables:
+    add["GLIBC_TUNABLES"] = f"{tunables}:{MALLOC_TUNABLE}" if tunables else MALLOC_TUNABLE
+  # A preload already there is the user's choice (or this re-exec's own, in the child).
+  if mimalloc and "LD_PRELOAD" not in environ:
+    add["LD_PRELOAD"] = mimalloc
+    if "MIMALLOC_PURGE_DELAY" not in environ:
+      add["MIMALLOC_PURGE_DELAY"] = MIMALLOC_PURGE_DELAY
+  return add
+
+
+def reexec_with_malloc_defaults(environ=os.environ, execv=os.execv, platform=sys.platform,
+                                argv=None, command=None, mimalloc=mimalloc_library) -> None:
+  """Re-runs this command (`command`, default `python -m jaxseg <argv[1:]>`) with
+  `malloc_defaults` added to the environment, if they add anything."""
+  add = malloc_defaults(environ, platform, mimalloc() if platform == "linux" else None)
+  if not add:
+    return
+  environ.update(add)
+  argv = sys.argv if argv is None else argv
+  command = command or [sys.executable, "-m", "jaxseg", *argv[1:]]
+  execv(command[0], command)
