@@ -110,7 +110,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks, which the
-  # child processes inherit.
+  # As the jaxseg command runs (jaxseg/allocator.py): its allocator, which the child processes
+  # inherit.
   reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -306,6 +306,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # As the jaxseg command runs (jaxseg/cli.py): huge pages for malloc's large blocks.
+  # As the jaxseg command runs (jaxseg/allocator.py); the children inherit it.
   allocator.reexec_with_malloc_defaults(command=[sys.executable, *sys.argv])
   app.run(main)

@@ -8,13 +8,15 @@ with a fresh mmap and unmaps it on free, so every step the kernel faults in and 
 again. Two defaults, each added unless the environment already sets it:
 - mimalloc (the cmeel-mimalloc wheel, a dependency on x86-64 Linux) preloaded, with its freed
   memory kept for MIMALLOC_PURGE_DELAY ms before it goes back to the system: the next step
-  reuses the same pages. Left out where the wheel is missing or LD_PRELOAD is set already.
+  reuses the same pages. Left out where the wheel is missing, LD_PRELOAD is set already, or a
+  JAX GPU / TPU plugin is installed (measured on CPUs only so far).
 - `glibc.malloc.hugetlb=1` in GLIBC_TUNABLES, for glibc's malloc where mimalloc is not
   preloaded: transparent huge pages for the large blocks, 2 MB faults instead of 4 KB ones.
 BUILD.md's performance notes have both measured. JAXSEG_MALLOC_DEFAULTS=0 turns both off.
 """
 
 import importlib.metadata
+import importlib.util
 import os
 import sys
 
@@ -37,6 +39,15 @@ def mimalloc_library() -> str | None:
   return None
 
 
+def preloadable_mimalloc() -> str | None:
+  """mimalloc_library() where no JAX GPU or TPU plugin is installed, else None: the preload is
+  measured on CPUs only; what it does beside CUDA's or libtpu's host allocations is not."""
+  if (importlib.metadata.entry_points(group="jax_plugins") or importlib.util.find_spec("jax_plugins")
+      or importlib.util.find_spec("libtpu")):
+    return None
+  return mimalloc_library()
+
+
 def malloc_defaults(environ, platform: str, mimalloc: str | None) -> dict:
   """The variables to add to `environ` (empty: nothing to add) on `platform`, with `mimalloc`
   the library to preload or None."""
@@ -55,7 +66,7 @@ def malloc_defaults(environ, platform: str, mimalloc: str | None) -> dict:
 
 
 def reexec_with_malloc_defaults(environ=os.environ, execv=os.execv, platform=sys.platform,
-                                argv=None, command=None, mimalloc=mimalloc_library) -> None:
+                                argv=None, command=None, mimalloc=preloadable_mimalloc) -> None:
   """Re-runs this command (`command`, default `python -m jaxseg <argv[1:]>`) with
   `malloc_defaults` added to the environment, if they add anything."""
   add = malloc_defaults(environ, platform, mimalloc() if platform == "linux" else None)

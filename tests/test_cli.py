@@ -147,6 +147,17 @@ def test_malloc_defaults_add_only_what_the_environment_lacks():
   assert malloc_defaults({}, "darwin", lib) == {}
 
 
+def test_no_mimalloc_preload_beside_a_jax_accelerator_plugin(monkeypatch):
+  import importlib.util
+
+  from jaxseg import allocator
+  assert allocator.preloadable_mimalloc() == allocator.mimalloc_library()  # none installed here
+  find_spec = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec",
+                      lambda name, *a: object() if name == "jax_plugins" else find_spec(name, *a))
+  assert allocator.preloadable_mimalloc() is None
+
+
 def test_cli_reexecs_once_with_the_malloc_defaults():
   from jaxseg.allocator import MALLOC_TUNABLE, reexec_with_malloc_defaults
   calls = []
