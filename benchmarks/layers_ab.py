@@ -268,16 +268,12 @@ def _run_child(spec: dict) -> float:
   if spec["change"] == "xla_cpu_conv" and spec["before"]:
     env["JAXSEG_XLA_DEFAULTS"] = "0"
   if spec["change"] in _MALLOC_CHANGES:  # each side's allocator exactly as the change says
-    for name in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY"):
-      env.pop(name, None)
-    env["JAXSEG_MALLOC_DEFAULTS"] = "0"
+    env = allocator.glibc_environment(env)
   if spec["change"] == "malloc_hugepages":
     env["GLIBC_TUNABLES"] = f"glibc.malloc.hugetlb={0 if spec['before'] else 1}"
-  if spec["change"] == "mimalloc":
-    env["GLIBC_TUNABLES"] = allocator.MALLOC_TUNABLE
-    if not spec["before"]:
-      env.update(LD_PRELOAD=allocator.mimalloc_library(),
-                 MIMALLOC_PURGE_DELAY=allocator.MIMALLOC_PURGE_DELAY)
+  if spec["change"] == "mimalloc" and not spec["before"]:
+    env.update(LD_PRELOAD=allocator.mimalloc_library(),
+               MIMALLOC_PURGE_DELAY=allocator.MIMALLOC_PURGE_DELAY)
   out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"], env=env,
                        check=True, capture_output=True, text=True).stdout
   return json.loads(out.strip().splitlines()[-1])["ms"]

@@ -121,11 +121,7 @@ def bench_jax(name: str, size: int, batch: int, steps: int, dtype: str, warmup: 
 def measure(spec: dict) -> dict:
   """One side of one row in a fresh process (this script with --child), under the allocator
   spec["malloc"] names (default: this process's, jaxseg's)."""
-  env = dict(os.environ)
-  if spec.get("malloc") == "glibc":
-    for name in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY"):
-      env.pop(name, None)
-    env.update(JAXSEG_MALLOC_DEFAULTS="0", GLIBC_TUNABLES=allocator.MALLOC_TUNABLE)
+  env = allocator.glibc_environment(os.environ) if spec.get("malloc") == "glibc" else None
   out = subprocess.run([sys.executable, __file__, f"--child={json.dumps(spec)}"],
                        capture_output=True, text=True, env=env)
   if out.returncode:

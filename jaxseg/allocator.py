@@ -65,6 +65,14 @@ def malloc_defaults(environ, platform: str, mimalloc: str | None) -> dict:
   return add
 
 
+def glibc_environment(environ) -> dict:
+  """A copy of `environ` for a child process under glibc's malloc with huge pages alone (the
+  benchmarks' side without mimalloc)."""
+  env = {k: v for k, v in environ.items() if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY")}
+  env.update(JAXSEG_MALLOC_DEFAULTS="0", GLIBC_TUNABLES=MALLOC_TUNABLE)
+  return env
+
+
 def reexec_with_malloc_defaults(environ=os.environ, execv=os.execv, platform=sys.platform,
                                 argv=None, command=None, mimalloc=preloadable_mimalloc) -> None:
   """Re-runs this command (`command`, default `python -m jaxseg <argv[1:]>`) with

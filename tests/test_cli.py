@@ -158,6 +158,14 @@ def test_no_mimalloc_preload_beside_a_jax_accelerator_plugin(monkeypatch):
   assert allocator.preloadable_mimalloc() is None
 
 
+def test_glibc_environment_takes_mimalloc_out():
+  from jaxseg.allocator import MALLOC_TUNABLE, glibc_environment
+  env = {"LD_PRELOAD": "/x/libmimalloc.so", "MIMALLOC_PURGE_DELAY": "10000", "HOME": "/h"}
+  assert glibc_environment(env) == {"HOME": "/h", "JAXSEG_MALLOC_DEFAULTS": "0",
+                                    "GLIBC_TUNABLES": MALLOC_TUNABLE}
+  assert env["LD_PRELOAD"] == "/x/libmimalloc.so"  # a copy
+
+
 def test_cli_reexecs_once_with_the_malloc_defaults():
   from jaxseg.allocator import MALLOC_TUNABLE, reexec_with_malloc_defaults
   calls = []
