@@ -2,10 +2,10 @@
 re-executing the process once (the dynamic loader and glibc read these variables only at
 start-up; in your own Python process, start it with them set).
 
-XLA's CPU runtime allocates each execution's temporary buffers afresh and frees them at its end
-(the UNet train step at 128 px, batch 8: 430 MB, in one block). glibc serves a block that large
-with a fresh mmap and unmaps it on free, so every step the kernel faults in and zeroes all of it
-again. Two defaults, each added unless the environment already sets it:
+XLA's CPU runtime allocates each execution's temporary buffers afresh and frees them at its
+end (the UNet train step at 128 px, batch 8: 430 MB by XLA's memory analysis). glibc serves
+blocks that large with a fresh mmap and unmaps them on free, so every step the kernel faults in
+and zeroes all of it again. Two defaults, each added unless the environment already sets it:
 - mimalloc (the cmeel-mimalloc wheel, a dependency on x86-64 Linux) preloaded, with its freed
   memory kept for MIMALLOC_PURGE_DELAY ms before it goes back to the system: the next step
   reuses the same pages. Left out where the wheel is missing, LD_PRELOAD is set already, or a
