@@ -3,6 +3,7 @@
 import functools
 import importlib.metadata
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
-from jaxseg.models import conv, onednn
+from jaxseg.models import conv, native, onednn
 
 SAME = ((1, 1), (1, 1))
 
@@ -100,21 +101,21 @@ def test_models_with_onednn_keep_parameters_and_gradients(built, name):
 
 
 def test_missing_pieces_are_named(monkeypatch):
-  monkeypatch.setattr(onednn.shutil, "which", lambda name: None)
+  monkeypatch.setattr(shutil, "which", lambda name: None)
   with pytest.raises(onednn.Unavailable, match="no C\\+\\+ compiler"):
     onednn.build()
-  monkeypatch.setattr(onednn.shutil, "which", lambda name: "/usr/bin/c++")
+  monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/c++")
 
   def missing(name):
     raise importlib.metadata.PackageNotFoundError(name)
-  monkeypatch.setattr(onednn.importlib.metadata, "distribution", missing)
+  monkeypatch.setattr(importlib.metadata, "distribution", missing)
   with pytest.raises(onednn.Unavailable, match=r"onednn-devel-cpu-gomp .*x86-64 Linux"):
     onednn.build()
 
 
 def _without_onednn(monkeypatch):
   """This process as on a machine where oneDNN cannot run (no compiler)."""
-  monkeypatch.setattr(onednn.shutil, "which", lambda name: None)
+  monkeypatch.setattr(shutil, "which", lambda name: None)
   # Fresh, uncached copies: this process may have built and registered oneDNN already.
   monkeypatch.setattr(onednn, "register", onednn.register.__wrapped__)
   monkeypatch.setattr(onednn, "usable", functools.cache(onednn.usable.__wrapped__))
@@ -209,8 +210,8 @@ def test_unwritable_cache_is_named(monkeypatch, tmp_path):
   blocker = tmp_path / "not-a-folder"
   blocker.write_text("")
   monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
-  monkeypatch.setattr(onednn.shutil, "which", lambda name: "/usr/bin/c++")
-  monkeypatch.setattr(onednn, "_find", lambda distribution, suffix: str(tmp_path / "x" / "y" / suffix))
+  monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/c++")
+  monkeypatch.setattr(native, "find", lambda distribution, suffix: str(tmp_path / "x" / "y" / suffix))
   with pytest.raises(onednn.Unavailable, match="cannot write the compiled library under"):
     onednn.build()
 

@@ -7,6 +7,10 @@ for the backward pass (the centred input, the activation's input or mask, the no
 tensor) and runs the backward pass in several full-resolution passes. Here each forward pass
 reads its input twice (the statistics, then the output) and writes only the output; each
 backward pass recomputes what it needs from the saved input (see each op for its passes).
+
+On CPUs, float32 batch norms take their full-resolution sums from jaxseg/native/
+batch_norm_sums.cc, each one pass over its inputs, where that library builds (else XLA's
+reductions; both under a sharded batch: the devices' partial sums are added).
 """
 
 import functools
@@ -14,18 +18,77 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from absl import logging
 from jax import lax
 
+from jaxseg.hardware import cpu_backend
+from jaxseg.models import native
 from jaxseg.models.pooling import _first_hits, _interleave, _pool, max_pool
+
+ACTIVATIONS = (None, "relu", "silu")  # the order is the native sums' activation code
+
+
+@functools.cache
+def native_sums_usable() -> bool:
+  """Whether the native batch-norm sums can run in this process (built and registered now if
+  so); where not, logs why once."""
+  try:
+    native.library("batch_norm_sums.cc", "jaxseg_", ("BatchNormStats", "BatchNormGradientSums"))
+  except native.Unavailable as e:
+    logging.info("batch norm: XLA's reductions, as the native sums cannot run here: %s", e)
+    return False
+  return True
+
+
+def _native_sums(z) -> bool:
+  return cpu_backend() and z.dtype == jnp.float32 and z.ndim >= 2 and native_sums_usable()
+
+
+def _per_channel_pair(z):
+  out = jax.ShapeDtypeStruct(z.shape[-1:], jnp.float32)
+  return out, out
+
+
+def _stats_call(z, static):
+  return jax.ffi.ffi_call("jaxseg_BatchNormStats", _per_channel_pair(z))(z)
+
+
+def _gradient_sums_call(z, g, mean, mul, bias, act):
+  return jax.ffi.ffi_call("jaxseg_BatchNormGradientSums", _per_channel_pair(z))(
+      z, g, mean, mul, bias, act=np.int64(ACTIVATIONS.index(act)))
+
+
+@functools.cache
+def _partitioned_sums(kind: str, ndim: int):
+  """The native call `kind` for inputs of rank `ndim`, batch-partitioned with its sums added
+  across devices (native.batch_partitioned)."""
+  axes = " ".join(["b", *"yxwvu"[:ndim - 2], "c"])
+  if kind == "stats":
+    return native.batch_partitioned(_stats_call, arrays=1, batched=1, sums_batch=True,
+                                    rule=f"{axes} -> c, c")
+  return native.batch_partitioned(_gradient_sums_call, arrays=5, batched=2, sums_batch=True,
+                                  rule=f"{axes}, {axes}, c, c, c -> c, c")
 
 
 def batch_stats(x):
   """nn.BatchNorm's training statistics over all but the channel axis, in float32: the mean and
-  the (biased) variance as E[x^2] - E[x]^2, clipped at 0."""
+  the (biased) variance as E[x^2] - E[x]^2, clipped at 0. XLA's reductions, differentiable."""
   axes = tuple(range(x.ndim - 1))
   x = x.astype(jnp.float32)
   mean = x.mean(axes)
   return mean, jnp.maximum(0.0, (x * x).mean(axes) - mean * mean)
+
+
+def _forward_stats(x):
+  """batch_stats for the ops' forward passes (never differentiated: their gradients are
+  hand-written), from the native sums where they run."""
+  if not _native_sums(x):
+    return batch_stats(x)
+  n = x.size // x.shape[-1]
+  total, total_sq = _partitioned_sums("stats", x.ndim)(x, None)
+  mean = total / n
+  return mean, jnp.maximum(0.0, total_sq / n - mean * mean)
 
 
 def _statistics_gradient(z, mean, g_mean, g_var):
@@ -33,9 +96,6 @@ def _statistics_gradient(z, mean, g_mean, g_var):
   differentiates them; the module only feeds them to the running averages)."""
   n = z.size // z.shape[-1]
   return g_mean / n + (2 / n) * g_var * (z.astype(jnp.float32) - mean)
-
-
-ACTIVATIONS = (None, "relu", "silu")
 
 
 def activation(y, act):
@@ -60,7 +120,7 @@ def _activation_gradient(y, g, act):
 
 
 def _batch_norm_act_fwd(z, scale, bias, epsilon, act):
-  mean, var = batch_stats(z)
+  mean, var = _forward_stats(z)
   rstd = lax.rsqrt(var + epsilon)
   y = activation((z.astype(jnp.float32) - mean) * (rstd * scale) + bias, act)
   return (y.astype(z.dtype), mean, var), (z, mean, rstd, scale, bias)
@@ -88,13 +148,18 @@ def _batch_norm_act_bwd(epsilon, act, residuals, cotangents):
   z32 = z.astype(jnp.float32)
   mul = rstd * scale
   dy = _activation_gradient((z32 - mean) * mul + bias, g.astype(jnp.float32), act)
-  axes = tuple(range(z.ndim - 1))
-  # The sums of dy and dy * z, not of dy * xhat: XLA's CPU backend hands a sum of a product to
-  # its reduction library but wrote xhat = (z - mean) * rstd out at full resolution first.
-  # sum(dy * xhat) = rstd * (sum(dy * z) - mean * sum(dy)). Two reductions, not one variadic
-  # one: the variadic one ran 4-6x slower there (8 x 128^2 x 32, 2026-11-26).
-  d_bias = dy.sum(axes)
-  d_scale = rstd * ((dy * z32).sum(axes) - mean * d_bias)
+  if _native_sums(z) and g.dtype == jnp.float32:
+    # Both sums in one pass over z and g; sum(dy * xhat) = rstd * sum(dy * (z - mean)).
+    d_bias, centred = _partitioned_sums("gradient", z.ndim)(z, g, mean, mul, bias, act)
+    d_scale = rstd * centred
+  else:
+    axes = tuple(range(z.ndim - 1))
+    # The sums of dy and dy * z, not of dy * xhat: XLA's CPU backend hands a sum of a product
+    # to its reduction library but wrote xhat = (z - mean) * rstd out at full resolution
+    # first. sum(dy * xhat) = rstd * (sum(dy * z) - mean * sum(dy)). Two reductions, not one
+    # variadic one: the variadic one ran 4-6x slower there (8 x 128^2 x 32, 2026-11-26).
+    d_bias = dy.sum(axes)
+    d_scale = rstd * ((dy * z32).sum(axes) - mean * d_bias)
   n = z.size // z.shape[-1]
   # nn.BatchNorm's input gradient, mul * (dy - mean(dy) - xhat * mean(dy * xhat)): per channel
   # mul * dy plus an affine function of z.
@@ -121,7 +186,7 @@ batch_norm_act.defvjp(_batch_norm_act_fwd_rule, _batch_norm_act_bwd, symbolic_ze
 
 
 def _batch_norm_max_pool_fwd(z, scale, bias, epsilon, window):
-  mean, var = batch_stats(z)
+  mean, var = _forward_stats(z)
   rstd = lax.rsqrt(var + epsilon)
   mul = rstd * scale
   # Per channel the normalisation is monotone: increasing where mul >= 0, decreasing elsewhere.

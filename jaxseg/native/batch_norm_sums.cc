@@ -1,0 +1,180 @@
+// Batch norm's full-resolution reductions on CPUs as XLA FFI handlers, each one pass over its
+// inputs (jaxseg/models/batch_norm.py uses them where they build; the element-wise passes stay
+// XLA's fusions). XLA's CPU backend took the forward pass's two sums, and the backward pass's
+// sums of the gradient and of the gradient times the centred input, as separate reductions,
+// each reading the full-resolution tensors again (BUILD.md performance notes).
+//
+// Every input is read as [rows, channels] (channels last). Each thread sums blocks of rows into
+// float partial sums per channel, vectorised along the channels, and adds each block's partial
+// sums into double totals: float32 rounding over at most kBlock rows, whatever the batch size.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+constexpr int64_t kBlock = 64;
+
+// The activation's derivative times the output gradient, at the activation's input y.
+enum Act : int64_t { kNone = 0, kRelu = 1, kSilu = 2 };
+
+// One block of rows [begin, end): the float partial sums s0, s1 (zeroed by the caller) of
+// two per-element terms, by `kind`:
+//   stats:     z, z * z
+//   gradient:  dy, dy * (z - mean), with dy = act'(y) * g and y = (z - mean) * mul + bias.
+// target_clones: the library is compiled once per machine's cache, not for one CPU.
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void StatsBlock(const float* __restrict z, int64_t begin, int64_t end, int64_t c, float* __restrict s0, float* __restrict s1) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* row = z + r * c;
+    for (int64_t k = 0; k < c; ++k) {
+      float v = row[k];
+      s0[k] += v;
+      s1[k] += v * v;
+    }
+  }
+}
+
+template <int64_t kAct>
+inline void GradientRows(const float* __restrict z, const float* __restrict g, const float* __restrict mean, const float* __restrict mul,
+                         const float* __restrict bias, int64_t begin, int64_t end, int64_t c, float* __restrict s0,
+                         float* __restrict s1) {
+  for (int64_t r = begin; r < end; ++r) {
+    const float* zr = z + r * c;
+    const float* gr = g + r * c;
+    for (int64_t k = 0; k < c; ++k) {
+      float centred = zr[k] - mean[k];
+      float dy = gr[k];
+      if constexpr (kAct == kRelu) {
+        dy = centred * mul[k] + bias[k] > 0.0f ? dy : 0.0f;
+      } else if constexpr (kAct == kSilu) {
+        float y = centred * mul[k] + bias[k];
+        float s = 1.0f / (1.0f + std::exp(-y));
+        dy *= s * (1.0f + y * (1.0f - s));
+      }
+      s0[k] += dy;
+      s1[k] += dy * centred;
+    }
+  }
+}
+
+__attribute__((target_clones("avx512f", "avx2", "default")))
+void GradientBlock(const float* __restrict z, const float* __restrict g, const float* __restrict mean, const float* __restrict mul,
+                   const float* __restrict bias, int64_t act, int64_t begin, int64_t end, int64_t c,
+                   float* __restrict s0, float* __restrict s1) {
+  // One loop per activation, so that each vectorises without a branch per element.
+  if (act == kRelu) {
+    GradientRows<kRelu>(z, g, mean, mul, bias, begin, end, c, s0, s1);
+  } else if (act == kSilu) {
+    GradientRows<kSilu>(z, g, mean, mul, bias, begin, end, c, s0, s1);
+  } else {
+    GradientRows<kNone>(z, g, mean, mul, bias, begin, end, c, s0, s1);
+  }
+}
+
+// What the threads of one call share. Held by shared_ptr: a helper task that XLA's pool starts
+// only after the call has returned finds no blocks left and touches nothing else.
+struct Shared {
+  explicit Shared(int64_t c) : t0(c, 0.0), t1(c, 0.0) {}
+  std::atomic<int64_t> next{0};  // the next block to take
+  std::mutex mu;
+  std::condition_variable all_done;
+  int64_t finished = 0;  // blocks summed into t0, t1
+  std::vector<double> t0, t1;
+};
+
+// Runs `block(begin, end, s0, s1)` over all rows in kBlock-row blocks, on this thread and on
+// XLA's own CPU thread pool (not OpenMP's: its threads spin between parallel regions, taking a
+// core from the XLA kernels that run next), and writes the two totals per channel.
+template <typename Block>
+void Reduce(ffi::ThreadPool& pool, int64_t rows, int64_t c, float* out0, float* out1,
+            Block block) {
+  int64_t blocks = (rows + kBlock - 1) / kBlock;
+  auto shared = std::make_shared<Shared>(c);
+  auto work = [shared, blocks, rows, c, block]() {
+    std::vector<double> d0(c, 0.0), d1(c, 0.0);
+    std::vector<float> s0(c), s1(c);
+    int64_t mine = 0;
+    for (int64_t b; (b = shared->next.fetch_add(1)) < blocks; ++mine) {
+      std::fill(s0.begin(), s0.end(), 0.0f);
+      std::fill(s1.begin(), s1.end(), 0.0f);
+      block(b * kBlock, std::min(rows, (b + 1) * kBlock), s0.data(), s1.data());
+      for (int64_t k = 0; k < c; ++k) {
+        d0[k] += s0[k];
+        d1[k] += s1[k];
+      }
+    }
+    if (mine == 0) return;
+    std::lock_guard<std::mutex> lock(shared->mu);
+    for (int64_t k = 0; k < c; ++k) {
+      shared->t0[k] += d0[k];
+      shared->t1[k] += d1[k];
+    }
+    shared->finished += mine;
+    if (shared->finished == blocks) shared->all_done.notify_all();
+  };
+  int64_t helpers = std::min(pool.num_threads(), blocks) - 1;
+  for (int64_t i = 0; i < helpers; ++i) pool.Schedule([work] { work(); });
+  work();
+  std::unique_lock<std::mutex> lock(shared->mu);
+  shared->all_done.wait(lock, [&] { return shared->finished == blocks; });
+  for (int64_t k = 0; k < c; ++k) {
+    out0[k] = static_cast<float>(shared->t0[k]);
+    out1[k] = static_cast<float>(shared->t1[k]);
+  }
+}
+
+int64_t Channels(const ffi::AnyBuffer::Dimensions& d) { return d.size() == 0 ? 1 : d.back(); }
+
+ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::ResultBuffer<ffi::F32> sum,
+                     ffi::ResultBuffer<ffi::F32> sum_sq) {
+  int64_t c = Channels(z.dimensions()), rows = z.element_count() / c;
+  const float* zp = z.typed_data();
+  Reduce(pool, rows, c, sum->typed_data(), sum_sq->typed_data(),
+         [=](int64_t b, int64_t e, float* s0, float* s1) { StatsBlock(zp, b, e, c, s0, s1); });
+  return ffi::Error::Success();
+}
+
+ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> g,
+                        ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> mul,
+                        ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> sum_dy,
+                        ffi::ResultBuffer<ffi::F32> sum_dy_centred, int64_t act) {
+  if (act != kNone && act != kRelu && act != kSilu) {
+    return ffi::Error(ffi::ErrorCode::kInvalidArgument, "batch norm sums: unknown activation");
+  }
+  int64_t c = Channels(z.dimensions()), rows = z.element_count() / c;
+  const float *zp = z.typed_data(), *gp = g.typed_data();
+  const float *mp = mean.typed_data(), *up = mul.typed_data(), *bp = bias.typed_data();
+  Reduce(pool, rows, c, sum_dy->typed_data(), sum_dy_centred->typed_data(),
+         [=](int64_t b, int64_t e, float* s0, float* s1) {
+           GradientBlock(zp, gp, mp, up, bp, act, b, e, c, s0, s1);
+         });
+  return ffi::Error::Success();
+}
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormStats, StatsImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormGradientSums, GradientImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("act"));
