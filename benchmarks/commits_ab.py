@@ -98,7 +98,8 @@ def main(argv):
                      " / ".join(f"{v:.1f}" for v in ms["before"]),
                      " / ".join(f"{v:.1f}" for v in ms["after"])])
         print(f"{model}: {b:.0f} -> {a:.0f} ms ({b / a:.3f}x)", flush=True)
-        markdown = (f"# {before} (before) against {after} (after), {meta['device']}, "
+        markdown = (f"# {before} (before) against {after} (after), {meta['device']} "
+                    f"({result_files.host_cpu()}), "
                     f"{meta['date']}\n\n`{meta['command']}`; batch {_BATCH.value}, "
                     f"{_STEPS.value} timed steps per fresh process, {_PAIRS.value} alternating "
                     "pairs, best of each side.\n\n" + result_files.table(header, rows))

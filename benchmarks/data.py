@@ -38,7 +38,8 @@ def _config(name):
 
 
 def _write(meta: dict, rows: list, steps: list) -> str:
-  markdown = (f"{meta['date']} · {meta['cpus']} CPUs · {meta['device']} · jax {meta['jax']} · "
+  markdown = (f"{meta['date']} · {meta['cpus']} CPUs ({meta['host_cpu']}) · {meta['device']} · "
+              f"jax {meta['jax']} · "
               f"commit {meta['commit']} · `{meta['command']}`\n\n")
   markdown += result_files.table(
       ["config", "source", "image", "batch", "workers", "samples / s", "per worker core"],
@@ -56,7 +57,8 @@ def main(argv):
   del argv
   meta = {"date": datetime.date.today().isoformat(), "started": result_files.started(),
           "device": jax.devices()[0].device_kind,
-          "platform": jax.devices()[0].platform, "cpus": os.cpu_count(), "jax": jax.__version__,
+          "platform": jax.devices()[0].platform, "cpus": os.cpu_count(),
+          "host_cpu": result_files.host_cpu(), "jax": jax.__version__,
           "command": " ".join(sys.argv), "commit": git_commit()}
   rows, steps = [], []
   for name in _CONFIGS.value:

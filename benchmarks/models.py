@@ -62,7 +62,8 @@ _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "resul
 
 
 def _write(rows: list, meta: dict) -> str:
-  markdown = (f"{meta['date']} · {meta['devices']}x {meta['device']} · jax {meta['jax']} · "
+  markdown = (f"{meta['date']} · {meta['devices']}x {meta['device']} (host {meta['host_cpu']}) · "
+              f"jax {meta['jax']} · "
               f"commit {meta['commit']} · `{meta['command']}`\n\n")
   if rows:
     markdown += f"Peak for MFU: {rows[0]['peak_tflops']:.3f} TFLOP/s, {rows[0]['peak_source']}.\n\n"
@@ -83,7 +84,7 @@ def main(argv):
   meta = {"date": datetime.date.today().isoformat(), "started": result_files.started(),
           "device": jax.devices()[0].device_kind,
           "platform": jax.devices()[0].platform, "devices": jax.device_count(),
-          "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
+          "host_cpu": result_files.host_cpu(), "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
           "dtype": _DTYPE.value}
   rows = []
   for name, (model_kw, data_kw) in SUITE.items():

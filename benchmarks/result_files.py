@@ -6,6 +6,7 @@ back from a device machine."""
 import datetime
 import json
 import os
+import platform
 import re
 
 
@@ -13,6 +14,20 @@ def started() -> str:
   """The run's start, YYYY-MM-DD-HHMM in UTC: the time part of every table's name, so that a
   second run on the same day does not overwrite the first."""
   return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d-%H%M")
+
+
+def host_cpu(cpuinfo: str = "/proc/cpuinfo") -> str:
+  """The host CPU's model name (cpuinfo's first "model name", else the platform's), for every
+  table's header: this project's 2-core CPU machine has been an AMD and an Intel one on
+  different days, and JAX names either "cpu"."""
+  try:
+    with open(cpuinfo) as f:
+      for line in f:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or platform.machine() or "unknown"
 
 
 def stem(folder: str, *parts: str) -> str:

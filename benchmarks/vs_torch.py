@@ -151,7 +151,7 @@ def run_child(spec: dict) -> None:
 def write_tables(meta: dict, rows: list) -> str:
   """The .json and .md tables; called after every row (result_files.py)."""
   markdown = (
-      f"{meta['date']} · {meta['device']} ({meta['cpus']} CPUs) · jax {meta['jax']} · "
+      f"{meta['date']} · {meta['device']} ({meta['cpus']} CPUs: {meta['host_cpu']}) · jax {meta['jax']} · "
       f"torch {meta['torch']} · {meta['dtype']} · JAX convolutions {meta['conv_impl']} "
       f"({meta['convolutions']}) · "
       f"commit {meta['commit']} · "
@@ -176,7 +176,7 @@ def main(argv):
     return run_child(json.loads(_CHILD.value))
   # No JAX or torch device use here: on a GPU this process would hold memory the children need.
   meta = {"date": datetime.date.today().isoformat(), "started": result_files.started(),
-          "cpus": os.cpu_count(),
+          "cpus": os.cpu_count(), "host_cpu": result_files.host_cpu(),
           "dtype": _DTYPE.value, "conv_impl": _CONV_IMPL.value, "command": " ".join(sys.argv),
           "commit": git_commit(),
           "repeats": _REPEATS.value}

@@ -31,3 +31,14 @@ def test_started_names_the_minute_in_utc():
   assert re.fullmatch(r"\d{4}-\d{2}-\d{2}-\d{4}", s)
   t = datetime.datetime.strptime(s, "%Y-%m-%d-%H%M").replace(tzinfo=datetime.UTC)
   assert before <= t <= before + datetime.timedelta(minutes=1)
+
+
+def test_host_cpu_names_the_model_from_cpuinfo(tmp_path):
+  """Every table's header names the host CPU: JAX calls any CPU "cpu"."""
+  from benchmarks.result_files import host_cpu
+  info = tmp_path / "cpuinfo"
+  info.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
+                  "model name\t: Intel(R) Xeon(R) Processor\nflags\t\t: fpu avx512f\n")
+  assert host_cpu(str(info)) == "Intel(R) Xeon(R) Processor"
+  missing = host_cpu(str(tmp_path / "absent"))  # not Linux: the platform's own name
+  assert missing and missing != "Intel(R) Xeon(R) Processor"
