@@ -34,7 +34,8 @@ def native_sums_usable() -> bool:
   """Whether the native batch-norm sums can run in this process (built and registered now if
   so); where not, logs why once."""
   try:
-    native.library("batch_norm_sums.cc", "jaxseg_", ("BatchNormStats", "BatchNormGradientSums"))
+    native.register(native.build("batch_norm_sums.cc"), "jaxseg_",
+                    ("BatchNormStats", "BatchNormGradientSums"))
   except native.Unavailable as e:
     logging.info("batch norm: XLA's reductions, as the native sums cannot run here: %s", e)
     return False

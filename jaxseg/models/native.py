@@ -5,7 +5,6 @@ process, and called partitioned over the batch under a sharded jit. Users: oneDN
 convolutions (models/onednn.py) and batch norm's reductions (models/batch_norm.py)."""
 
 import fcntl
-import functools
 import hashlib
 import importlib.metadata
 import os
@@ -138,9 +137,3 @@ def batch_partitioned(op, arrays: int, batched: int, sums_batch: bool, rule: str
   partitioned.def_partition(partition=partition, infer_sharding_from_operands=infer,
                             sharding_rule=rule)
   return partitioned
-
-
-@functools.cache
-def library(source: str, prefix: str, handlers: tuple, flags: tuple = ()) -> None:
-  """Builds (if needed) and registers `source`'s handlers, once per process."""
-  register(build(source, flags), prefix, handlers)
