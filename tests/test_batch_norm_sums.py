@@ -75,7 +75,8 @@ def test_native_sums_are_accurate_over_many_rows(usable):
 
 
 def test_xla_reductions_where_the_library_cannot_be_built(monkeypatch):
-  """No C++ compiler: the batch norm runs on XLA's reductions (no custom call) and says why."""
+  """No C++ compiler: the build names what is missing, and the batch norm runs on XLA's
+  reductions (no custom call) with the same statistics."""
   monkeypatch.setattr(shutil, "which", lambda name: None)
   with pytest.raises(native.Unavailable, match="no C\\+\\+ compiler"):
     native.build("batch_norm_sums.cc")
