@@ -149,7 +149,7 @@ def _batch_norm_act_bwd(epsilon, act, residuals, cotangents):
   z32 = z.astype(jnp.float32)
   mul = rstd * scale
   dy = _activation_gradient((z32 - mean) * mul + bias, g.astype(jnp.float32), act)
-  if _native_sums(z) and g.dtype == jnp.float32:
+  if _native_sums(z):  # g has z's dtype
     # Both sums in one pass over z and g; sum(dy * xhat) = rstd * sum(dy * (z - mean)).
     d_bias, centred = _partitioned_sums("gradient", z.ndim)(z, g, mean, mul, bias, act)
     d_scale = rstd * centred

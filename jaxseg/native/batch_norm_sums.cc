@@ -23,6 +23,14 @@ namespace ffi = xla::ffi;
 namespace {
 constexpr int64_t kBlock = 64;
 
+// One vectorised copy per x86-64 instruction set, picked at load time; elsewhere the
+// compiler's default target.
+#if defined(__x86_64__)
+#define JAXSEG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define JAXSEG_CLONES
+#endif
+
 // The activation after the batch norm (batch_norm.ACTIVATIONS' order), whose derivative at its
 // input y multiplies the output gradient.
 enum Act : int64_t { kNone = 0, kRelu = 1, kSilu = 2 };
@@ -33,9 +41,9 @@ enum Act : int64_t { kNone = 0, kRelu = 1, kSilu = 2 };
 //   GradientBlock:  dy, dy * (z - mean), with dy = act'(y) * g and y = (z - mean) * mul + bias.
 // __restrict: the sums never alias the inputs (without it GCC versions each loop on run-time
 // overlap checks, and the gradient's seven pointers took its scalar path: 49 ms for what now
-// takes 4, 8 x 256^2 x 32). target_clones: the library is compiled once per machine's cache,
-// not for one CPU.
-__attribute__((target_clones("avx512f", "avx2", "default")))
+// takes 4, 8 x 256^2 x 32). Clones, not -march=native: the cached library may be shared by
+// machines with different CPUs.
+JAXSEG_CLONES
 void StatsBlock(const float* __restrict z, int64_t begin, int64_t end, int64_t c,
                 float* __restrict s0, float* __restrict s1) {
   for (int64_t r = begin; r < end; ++r) {
@@ -72,7 +80,7 @@ inline void GradientRows(const float* __restrict z, const float* __restrict g,
   }
 }
 
-__attribute__((target_clones("avx512f", "avx2", "default")))
+JAXSEG_CLONES
 void GradientBlock(const float* __restrict z, const float* __restrict g,
                    const float* __restrict mean, const float* __restrict mul,
                    const float* __restrict bias, int64_t act, int64_t begin, int64_t end,
