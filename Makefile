@@ -17,8 +17,10 @@ demo: $(STAMP)
 
 # The tests run JAX in pytest's own process, which the jaxseg command's re-exec does not reach:
 # huge pages for malloc's large blocks (jaxseg/cli.py: MALLOC_TUNABLE) are set here instead.
+# One pytest worker per core (pytest-xdist): most of the suite is XLA compiling small models,
+# mostly on one thread, so two workers on CI's two cores take ~3/4 of one worker's time.
 test: $(STAMP)
-	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(VENV)/bin/python -m pytest -q tests
+	GLIBC_TUNABLES=$${GLIBC_TUNABLES:-glibc.malloc.hugetlb=1} $(VENV)/bin/python -m pytest -q -n auto tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
