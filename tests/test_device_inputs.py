@@ -101,3 +101,34 @@ def test_one_image_dtype_per_training_stream():
     strict.map(sample)
   loose = transforms.Preprocess(8, zscore_on_device=True, batch_dtype="float32")
   assert loose.map({**sample, "image": np.zeros((8, 8, 3), np.uint8)})["image"].dtype == np.float32
+
+
+def test_clahe_stream_ships_its_8_bit_output_and_the_step_sees_the_host_result(tmp_path):
+  from jaxseg.config import default_config
+  from jaxseg.data import builtin
+  from jaxseg.data.sources.gi import GISource
+  c = default_config().data
+  c.source, c.image_size, c.batch_size, c.in_channels = "gi", 24, 4, 3
+  c.num_classes, c.task, c.clahe_clip = 3, "multilabel", 2.0
+  c.augment.ssr, c.augment.noise_or_blur = 0.5, 0.5  # the GI recipe's warps and noise ...
+  c.augment.on_device = "device"  # ... in the step, after its z-score (the default on GPUs)
+  src = GISource(builtin.resolve_root("synthetic:2:32:4", str(tmp_path), "gi"), in_channels=3)
+  assert pipeline.zscore_on_device(c) and pipeline.image_dtype(src, c) == np.uint8
+  batch = next(iter(pipeline.train_dataset(src, c, seed=0)))
+  assert batch["image"].dtype == np.uint8 and batch["image"].shape == (4, 24, 24, 3)
+  assert batch["image"].max() == 255  # CLAHE's 0-255 range, not [0, 1] truncated to 0 / 1
+
+  # Per sample: uint8 through the loader and the device z-score = the host's float32 CLAHE then
+  # z-score (what the GI pipeline does with its augmentation on the host).
+  host_prep = transforms.Preprocess(24, "zscore", clahe_clip=2.0)
+  device_prep = transforms.Preprocess(24, "zscore", clahe_clip=2.0, zscore_on_device=True,
+                                      batch_dtype="uint8")
+  samples = [src[i] for i in range(3)]
+  host = np.stack([host_prep.map(s)["image"] for s in samples])
+  shipped = np.stack([device_prep.map(s)["image"] for s in samples])
+  assert host.dtype == np.float32 and shipped.dtype == np.uint8
+  np.testing.assert_allclose(np.asarray(transforms.normalize_device(jnp.asarray(shipped))), host,
+                             atol=2e-5)
+  # Left un-normalised (normalize="none"), CLAHE stays in [0, 1] float32 as before.
+  raw = transforms.Preprocess(24, "none", clahe_clip=2.0, zscore_on_device=True).map(samples[0])
+  assert raw["image"].dtype == np.float32 and raw["image"].max() == 1.0

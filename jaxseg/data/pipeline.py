@@ -53,7 +53,8 @@ def zscore_on_device(data_cfg) -> bool:
   """Whether the per-image z-score runs in the jitted steps instead of the loader: where the
   host transforms after it (flips and 90-degree turns) only move pixels, so the statistics, and
   the result, are the same. Warps with zero fill, patches and intensity transforms on the host
-  keep it there. Shipping the images un-normalised lets them stay uint8 (LGG) through the loader."""
+  keep it there. Shipping the images un-normalised lets them stay uint8 through the loader (LGG's
+  8-bit slices, and CLAHE's 8-bit output for the GI set)."""
   aug = data_cfg.augment
   host_warps_or_noise = _warps_or_noise(aug) and not augment_on_device(aug)
   return (data_cfg.normalize == "zscore" and not data_cfg.patch and not host_warps_or_noise
@@ -62,7 +63,7 @@ def zscore_on_device(data_cfg) -> bool:
 
 def image_dtype(source, data_cfg) -> np.dtype:
   """The dtype of the training batches' images (the compiled step is built for it): float32, or
-  uint8 for a uint8 source whose z-score runs on the device. Reads one sample."""
+  uint8 for a uint8 (or CLAHE'd) source whose z-score runs on the device. Reads one sample."""
   if not zscore_on_device(data_cfg) or len(source) == 0:
     return np.dtype(np.float32)
   return Preprocess.from_config(data_cfg, True).map(source[0])["image"].dtype

@@ -65,8 +65,9 @@ class Preprocess(grain.transforms.Map):
   (for sources that normalise themselves, such as Decathlon's brain-voxel z-score).
 
   With `zscore_on_device` the z-score is left to the jitted step (`normalize_device`) and a
-  uint8 image nothing else here touches stays uint8: an LGG batch is then a quarter of its
-  float32 bytes to copy through Grain's shared memory and onto the devices. Masks keep the
+  uint8 image nothing else here touches stays uint8, as does CLAHE's 8-bit output: an LGG or GI
+  batch is then a quarter of its float32 bytes to copy through Grain's shared memory and onto
+  the devices. Masks keep the
   source's uint8 either way; the steps cast both on the device. `batch_dtype` ("uint8" or
   "float32", the training stream's: its compiled step takes one) makes every image that dtype,
   and a non-uint8 image in a uint8 stream an error naming the sample."""
@@ -96,7 +97,11 @@ class Preprocess(grain.transforms.Map):
       image = resize(image, (self.size, self.size), nearest=False)
       mask = resize(mask, (self.size, self.size), nearest=True)
     if self.clahe_clip > 0:
-      image = clahe(image, self.clahe_clip, self.clahe_tiles)
+      # CLAHE's output is 8-bit: where the z-score runs on the device (which does not see the
+      # scale) it ships as that uint8, a quarter of the float32 bytes through Grain's shared
+      # memory and onto the devices.
+      image = clahe(image, self.clahe_clip, self.clahe_tiles,
+                    as_uint8=self.zscore_on_device and self.normalize == "zscore")
     if self.normalize == "zscore" and not self.zscore_on_device:
       image = normalize(image)
     if self.batch_dtype and image.dtype != self.batch_dtype:
@@ -110,22 +115,24 @@ class Preprocess(grain.transforms.Map):
     return {**sample, "image": image, "mask": mask}
 
 
-def clahe(image: np.ndarray, clip: float, tiles: int) -> np.ndarray:
+def clahe(image: np.ndarray, clip: float, tiles: int, as_uint8: bool = False) -> np.ndarray:
   """Contrast-limited adaptive histogram equalisation per channel (and per slice of a volume),
   by OpenCV as albumentations' CLAHE does: each channel is min-max scaled to 8 bits first, as
-  the GI-tract pipeline fed albumentations; the output is in [0, 1]. OpenCV rather than our own:
-  its tiled histograms with bilinear blending take ~0.3 ms per 224x224 8-bit slice."""
+  the GI-tract pipeline fed albumentations; the output is in [0, 1] (float32), or OpenCV's
+  0-255 itself with `as_uint8`. OpenCV rather than our own: its tiled histograms with bilinear
+  blending take ~0.3 ms per 224x224 8-bit slice."""
   import cv2
   op = cv2.createCLAHE(clipLimit=float(clip), tileGridSize=(tiles, tiles))
   flat = image.reshape((-1,) + image.shape[-3:]) if image.ndim == 4 else image[None]
-  out = np.empty(flat.shape, np.float32)
+  out = np.empty(flat.shape, np.uint8)
   for d in range(flat.shape[0]):
     for c in range(flat.shape[-1]):
       ch = flat[d, ..., c]
       lo, hi = float(ch.min()), float(ch.max())
       u8 = np.round((ch - lo) / max(hi - lo, 1e-12) * 255).astype(np.uint8)
-      out[d, ..., c] = op.apply(u8).astype(np.float32) / 255
-  return out.reshape(image.shape)
+      out[d, ..., c] = op.apply(u8)
+  out = out.reshape(image.shape)
+  return out if as_uint8 else out.astype(np.float32) / 255
 
 
 @dataclasses.dataclass(frozen=True)
