@@ -5,7 +5,9 @@ record of it, so the hosts together read one global batch per step without coord
 the iterator state (how many batches were consumed) is the same number on every host.
 """
 
+import atexit
 import functools
+import gc
 import queue
 import sys
 import threading
@@ -99,6 +101,28 @@ def _read_ahead(data_cfg) -> int:
   return data_cfg.prefetch_buffer * 4
 
 
+@functools.cache
+def _release_shared_memory_at_exit() -> None:
+  atexit.register(_release_shared_memory)
+
+
+def _release_shared_memory() -> None:
+  """Grain's workers hand batches over in shared memory that the arrays' finalisers unlink, some
+  on a thread of Grain's. At exit, collect the last arrays (some sit in reference cycles) and
+  wait for that thread: left to Python's resource tracker, every run with workers ended on a
+  warning of "leaked shared_memory objects"."""
+  gc.collect()
+  try:
+    from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
+  except ImportError:  # a Grain without it: nothing to wait for
+    return
+  pool = getattr(SharedMemoryArray, "_del_thread_pool", None)
+  if pool is not None:
+    # Grain starts it with one thread, so tasks run in order: this returns after the deletions
+    # queued before it.
+    pool.apply(lambda: None)
+
+
 def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
   # Grain runs this read-ahead inside each worker process, so its threads are per process: two
   # each (it was twice the worker count, so 12 workers ran 24 threads each on a 16-core host).
@@ -110,6 +134,7 @@ def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=data_cfg.num_workers))
+    _release_shared_memory_at_exit()
   return it
 
 
