@@ -103,7 +103,7 @@ def test_one_image_dtype_per_training_stream():
   assert loose.map({**sample, "image": np.zeros((8, 8, 3), np.uint8)})["image"].dtype == np.float32
 
 
-def test_clahe_stream_ships_its_8_bit_output_and_the_step_sees_the_host_result(tmp_path):
+def test_clahe_stream_ships_its_8_bit_output_whose_device_zscore_is_the_hosts(tmp_path):
   from jaxseg.config import default_config
   from jaxseg.data import builtin
   from jaxseg.data.sources.gi import GISource

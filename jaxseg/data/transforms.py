@@ -67,8 +67,7 @@ class Preprocess(grain.transforms.Map):
   With `zscore_on_device` the z-score is left to the jitted step (`normalize_device`) and a
   uint8 image nothing else here touches stays uint8, as does CLAHE's 8-bit output: an LGG or GI
   batch is then a quarter of its float32 bytes to copy through Grain's shared memory and onto
-  the devices. Masks keep the
-  source's uint8 either way; the steps cast both on the device. `batch_dtype` ("uint8" or
+  the devices. Masks keep the source's uint8 either way; the steps cast both on the device. `batch_dtype` ("uint8" or
   "float32", the training stream's: its compiled step takes one) makes every image that dtype,
   and a non-uint8 image in a uint8 stream an error naming the sample."""
 
@@ -97,9 +96,7 @@ class Preprocess(grain.transforms.Map):
       image = resize(image, (self.size, self.size), nearest=False)
       mask = resize(mask, (self.size, self.size), nearest=True)
     if self.clahe_clip > 0:
-      # CLAHE's output is 8-bit: where the z-score runs on the device (which does not see the
-      # scale) it ships as that uint8, a quarter of the float32 bytes through Grain's shared
-      # memory and onto the devices.
+      # Its 8 bits as they are where the device z-scores them (the scale does not matter there).
       image = clahe(image, self.clahe_clip, self.clahe_tiles,
                     as_uint8=self.zscore_on_device and self.normalize == "zscore")
     if self.normalize == "zscore" and not self.zscore_on_device:
