@@ -126,7 +126,7 @@ def test_bench_prints_step_loop_and_data_numbers(tmp_path):
 def test_run_with_loader_workers_ends_without_leaked_shared_memory(tmp_path, lgg_root):
   """Grain's workers hand batches over in shared memory; what was still to be unlinked at exit
   was left to Python's resource tracker, which warned of "leaked shared_memory objects" after
-  every run with workers (data/pipeline.py: _release_shared_memory)."""
+  runs with workers (data/pipeline.py: _release_shared_memory)."""
   out = jaxseg("train", f"--workdir={tmp_path}", *TINY, f"--config.data.root={lgg_root}",
                "--config.data.num_workers=2")
   assert "final validation" in out.stdout

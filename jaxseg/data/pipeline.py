@@ -109,7 +109,7 @@ def _release_shared_memory_at_exit() -> None:
 def _release_shared_memory() -> None:
   """Grain's workers hand batches over in shared memory that the arrays' finalisers unlink, some
   on a thread of Grain's. At exit, collect the last arrays (some sit in reference cycles) and
-  wait for that thread: left to Python's resource tracker, every run with workers ended on a
+  wait for that thread: left to Python's resource tracker, runs with workers ended on a
   warning of "leaked shared_memory objects"."""
   gc.collect()
   try:
