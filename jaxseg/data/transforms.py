@@ -67,9 +67,9 @@ class Preprocess(grain.transforms.Map):
   With `zscore_on_device` the z-score is left to the jitted step (`normalize_device`) and a
   uint8 image nothing else here touches stays uint8, as does CLAHE's 8-bit output: an LGG or GI
   batch is then a quarter of its float32 bytes to copy through Grain's shared memory and onto
-  the devices. Masks keep the source's uint8 either way; the steps cast both on the device. `batch_dtype` ("uint8" or
-  "float32", the training stream's: its compiled step takes one) makes every image that dtype,
-  and a non-uint8 image in a uint8 stream an error naming the sample."""
+  the devices. Masks keep the source's uint8 either way; the steps cast both on the device.
+  `batch_dtype` ("uint8" or "float32", the training stream's: its compiled step takes one) makes
+  every image that dtype, and a non-uint8 image in a uint8 stream an error naming the sample."""
 
   size: int = 0
   normalize: str = "zscore"
