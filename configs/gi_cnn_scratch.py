@@ -10,7 +10,8 @@ validation Dice kept. Conv-BN-ReLU-Dropout2d(0.1) residual blocks. Augmentation:
 shift-scale-rotate (shift 0.03, scale 0.1, rotate 20 degrees, p 0.85), one of {elastic, grid
 distortion} p 0.2, one of {Gaussian noise, blur} p 0.5 (warps, noise and blur run in the jitted
 step on GPUs / TPUs: data.augment.on_device=auto); CLAHE (clip 2, 8 x 8 tiles) on every image,
-train and test.
+train and test. Each preprocessed slice is cached under ~/.cache/jaxseg/samples
+(`data.sample_cache`; `--config.data.sample_cache=` turns it off).
 """
 
 from jaxseg.config import default_config
@@ -43,6 +44,9 @@ def get_config():
   c.data.augment.elastic_alpha = 8.0  # pixels at 224
   c.data.clahe_clip = 2.0  # always, train and test
   c.data.clahe_tiles = 8
+  # Each slice after reading, resize and CLAHE kept on disk (~300 KB at 224 px): from the second
+  # epoch the loader skips ~6.5 ms of decoding per sample (jaxseg.data.sample_cache).
+  c.data.sample_cache = "auto"
   c.model.name = "unet"
   c.model.features = 56
   c.model.residual = True

@@ -136,6 +136,8 @@ def _train_source(config, workdir: str):
   if not config.data.root:
     config.data.root = _synthetic_root(config)
     config.data.split.val = config.data.split.test = 0.0
+    if config.data.sample_cache == "auto":  # entries of throw-away files go with them
+      config.data.sample_cache = os.path.join(workdir, "samples")
   exp = Experiment(config, workdir="")
   exp.workdir = workdir
   return config, exp, exp.sources()["train"]

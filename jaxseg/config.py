@@ -51,6 +51,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.downsample = 1
   c.data.modalities = ()
   c.data.cache_dir = ""
+  # Each 2-D sample after its deterministic preprocessing (read, resize, CLAHE, z-score) kept
+  # as .npz (jaxseg.data.sample_cache): '' off, 'auto' ($JAXSEG_DATA_DIR or ~/.cache/jaxseg,
+  # then samples/), or a folder. Keyed by the files and settings, so one folder serves many runs.
+  c.data.sample_cache = ""
   c.data.prefetch_buffer = 2
 
   c.data.split = ml_collections.ConfigDict()

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from jaxseg.data import builtin, splits
+from jaxseg.data import builtin, sample_cache, splits
 from jaxseg.data.sources.decathlon import DecathlonSource
 from jaxseg.data.sources.folder import FolderSource
 from jaxseg.data.sources.gi import GISource
@@ -169,23 +169,29 @@ class _Lookup(grain.transforms.Map):
     return self.source[index]
 
 
-def _train_records(source, data_cfg, seed: int) -> grain.MapDataset:
+def _train_records(samples, data_cfg, seed: int) -> grain.MapDataset:
   """The endless record stream before this host's slice: reshuffled every epoch, or with
   data.sampler='balanced' drawn with weight 1 / (count of the record's class combination).
   Grain datasets are lazy, so slicing this stream afterwards reads only this host's records."""
   if data_cfg.sampler == "uniform":
-    return grain.MapDataset.source(source).seed(seed).shuffle().repeat()
+    return grain.MapDataset.source(samples).seed(seed).shuffle().repeat()
   if data_cfg.sampler == "balanced":
-    indices = WeightedIndices(source.sample_weights(), seed)
-    return grain.MapDataset.source(indices).seed(seed).map(_Lookup(source))
+    indices = WeightedIndices(samples.source.sample_weights(), seed)
+    return grain.MapDataset.source(indices).seed(seed).map(_Lookup(samples))
   raise ValueError(f"data.sampler={data_cfg.sampler!r}; known: uniform, balanced")
+
+
+def preprocessed(source, data_cfg, batch_dtype: str = ""):
+  """`source`'s samples through transforms.Preprocess, cached on disk with data.sample_cache."""
+  preprocess = Preprocess.from_config(data_cfg, zscore_on_device(data_cfg), batch_dtype)
+  return sample_cache.PreprocessedSource(source, preprocess,
+                                         sample_cache.resolve_folder(data_cfg.sample_cache))
 
 
 def train_dataset(source, data_cfg, seed: int) -> grain.IterDataset:
   """An endless, augmented stream of this host's training batches."""
-  ds = _train_records(source, data_cfg, seed)[jax.process_index()::jax.process_count()]
-  ds = ds.map(Preprocess.from_config(data_cfg, zscore_on_device(data_cfg),
-                                     str(image_dtype(source, data_cfg))))
+  samples = preprocessed(source, data_cfg, str(image_dtype(source, data_cfg)))
+  ds = _train_records(samples, data_cfg, seed)[jax.process_index()::jax.process_count()]
   if data_cfg.patch:
     ds = ds.random_map(RandomPatch(tuple(data_cfg.patch), data_cfg.patch_foreground))
   ds = ds.random_map(train_recipe(data_cfg.augment, augment_on_device(data_cfg.augment)))
@@ -203,8 +209,7 @@ def eval_batches(source, data_cfg):
   bs = local_batch_size(data_cfg.eval_batch_size)
   per_host = -(-len(source) // n_proc)
   n_batches = -(-per_host // bs)
-  ds = grain.MapDataset.source(source)[pid::n_proc].map(
-      Preprocess.from_config(data_cfg, zscore_on_device(data_cfg)))
+  ds = grain.MapDataset.source(preprocessed(source, data_cfg))[pid::n_proc]
   it = iter(_to_iter(ds, data_cfg))
   for _ in range(n_batches):
     items = [x for x in (next(it, None) for _ in range(bs)) if x is not None]

@@ -1,10 +1,15 @@
 """One reader per on-disk format. Every source offers len / getitem / subset / case_ids /
-case_strata / sample_weights; the helper below is the one weighting rule they share."""
+case_strata / sample_weights; the 2-D ones also `sample_fingerprint(i)`, what sample i is made
+of (jaxseg.data.sample_cache keys its files by it). The helpers below are the weighting rule and
+the file fingerprint they share."""
 
 import collections
 import dataclasses
+import os
 
 import numpy as np
+
+from jaxseg.errors import DataError
 
 
 def inverse_frequency(keys) -> np.ndarray:
@@ -12,6 +17,18 @@ def inverse_frequency(keys) -> np.ndarray:
   keys = list(keys)
   counts = collections.Counter(keys)
   return np.array([1.0 / counts[k] for k in keys])
+
+
+def files_fingerprint(*paths: str) -> str:
+  """Each file's path, size and modification time: changes when any of them is rewritten."""
+  parts = []
+  for path in paths:
+    try:
+      st = os.stat(path)
+    except OSError as e:
+      raise DataError(f"{path}: cannot read it ({e.strerror})") from None
+    parts.append(f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}")
+  return "|".join(parts)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,7 +14,7 @@ import re
 
 import numpy as np
 
-from jaxseg.data.sources import VolumeRef, group_slices, inverse_frequency
+from jaxseg.data.sources import VolumeRef, files_fingerprint, group_slices, inverse_frequency
 from jaxseg.errors import DataError
 
 EXTS = (".png", ".tif", ".tiff", ".npy")
@@ -87,6 +87,11 @@ class FolderSource:
 
   def __len__(self) -> int:
     return len(self.pairs)
+
+  def sample_fingerprint(self, i: int) -> str:
+    stem, image_path, mask_path, case = self.pairs[i]
+    return (f"folder|{self.in_channels}|{self.task}|{stem}|{case}|"
+            f"{files_fingerprint(image_path, mask_path)}")
 
   def __getitem__(self, i: int) -> dict:
     stem, image_path, mask_path, case = self.pairs[i]

@@ -22,7 +22,7 @@ from absl import logging
 from PIL import Image
 
 from jaxseg.data import rle
-from jaxseg.data.sources import VolumeRef, group_slices, inverse_frequency
+from jaxseg.data.sources import VolumeRef, files_fingerprint, group_slices, inverse_frequency
 from jaxseg.errors import DataError
 
 CLASSES = ("large_bowel", "small_bowel", "stomach")
@@ -142,6 +142,7 @@ class GISource:
       records = [r for r in records if r.case_id in keep]
     self.records = records
     self._by_scan = {(r.scan, r.index): r for r in self.all_records}
+    self._neighbour_paths = {}  # (scan, index) -> path, for neighbours the CSV does not list
 
   @classmethod
   def from_config(cls, root: str, data_cfg, workdir: str = ""):
@@ -155,22 +156,29 @@ class GISource:
     other = self._by_scan.get((rec.scan, index))
     if other is not None:
       return other.path
-    folder = os.path.dirname(rec.path)  # unlabelled neighbours are still on disk
-    for name in os.listdir(folder):
-      m = _NAME_RE.match(name)
-      if m and int(m["n"]) == index:
-        return os.path.join(folder, name)
-    return rec.path
+    key = (rec.scan, index)
+    if key not in self._neighbour_paths:
+      folder = os.path.dirname(rec.path)  # unlabelled neighbours are still on disk
+      found = [os.path.join(folder, name) for name in os.listdir(folder)
+               if (m := _NAME_RE.match(name)) and int(m["n"]) == index]
+      self._neighbour_paths[key] = found[0] if found else rec.path
+    return self._neighbour_paths[key]
+
+  def _image_paths(self, rec: GISlice) -> list[str]:
+    if self.in_channels == 1:
+      return [rec.path]
+    return [self._slice_path(rec, rec.index + d) for d in (-1, 0, 1)]
 
   def __getitem__(self, i: int) -> dict:
     rec = self.records[i]
-    if self.in_channels == 1:
-      image = read_png16(rec.path, rec.shape)[..., None]
-    else:
-      image = np.stack([read_png16(self._slice_path(rec, rec.index + d), rec.shape)
-                        for d in (-1, 0, 1)], axis=-1)
+    image = np.stack([read_png16(p, rec.shape) for p in self._image_paths(rec)], axis=-1)
     mask = np.stack([rle.decode(r, rec.shape) for r in rec.rles], axis=-1).astype(np.uint8)
     return {"image": image, "mask": mask, "case_id": rec.case_id, "slice": rec.index}
+
+  def sample_fingerprint(self, i: int) -> str:
+    """Sample i's record (id, size, run-length masks) and its PNGs' fingerprints."""
+    rec = self.records[i]
+    return f"gi|{self.in_channels}|{rec!r}|{files_fingerprint(*self._image_paths(rec))}"
 
   def subset(self, case_ids) -> "GISource":
     return GISource(self.root, case_ids, self.in_channels, self.drop_unlabelled,

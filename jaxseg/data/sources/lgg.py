@@ -15,7 +15,7 @@ import re
 import numpy as np
 import tifffile
 
-from jaxseg.data.sources import VolumeRef, group_slices, inverse_frequency
+from jaxseg.data.sources import VolumeRef, files_fingerprint, group_slices, inverse_frequency
 from jaxseg.errors import DataError
 
 _SLICE_RE = re.compile(r"^(?P<stem>.+)_(?P<n>\d+)\.tiff?$")
@@ -118,6 +118,11 @@ class LGGSource:
     rec = self.records[i]
     image, mask = load_pair(rec, self.in_channels)
     return {"image": image, "mask": mask, "case_id": rec.case_id, "slice": rec.index}
+
+  def sample_fingerprint(self, i: int) -> str:
+    rec = self.records[i]
+    return (f"lgg|{self.in_channels}|{rec!r}|"
+            f"{files_fingerprint(rec.image_path, rec.mask_path)}")
 
   def subset(self, case_ids) -> "LGGSource":
     return LGGSource(self.root, case_ids, self.in_channels, records=self.records)
