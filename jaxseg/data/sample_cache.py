@@ -2,14 +2,14 @@
 CLAHE, z-score: transforms.Preprocess), optionally kept on disk, one .npz per sample
 (`data.sample_cache`), as nnU-Net's preprocessed folder and MONAI's PersistentDataset keep them:
 the first epoch writes, later epochs and runs read. For the GI set that is ~6.5 ms of work per
-224 px 2.5-D sample (three 16-bit PNGs, the run-length masks, resize, CLAHE) against ~0.1 ms to
+224 px 2.5-D sample (three 16-bit PNGs, the run-length masks, resize, CLAHE) against ~0.4 ms to
 load the result (2-core CPU, 2026-11-27).
 
 A file's name is a hash of the preprocessing's settings and of what the sample is made of
 (`source.sample_fingerprint(i)`: its files' paths, sizes and modification times, and what the
 index holds, such as the GI run-length masks), so a changed file, mask or setting gets a new
 entry and no run reads another's stale one; one folder can serve many runs. An unreadable entry
-(a truncated write, a full disk) is recomputed and rewritten; a folder that cannot be written
+(a damaged file) is recomputed and rewritten; a folder that cannot be written (read-only, full)
 leaves the samples uncached, with a warning, rather than stopping training.
 """
 
