@@ -15,6 +15,7 @@ import numpy as np
 
 from jaxseg import case_metrics
 from jaxseg.data.pipeline import pad_batch
+from jaxseg.data.sample_cache import PreprocessedSource, resolve_folder
 from jaxseg.data.transforms import Preprocess
 from jaxseg.inference import make_probabilities, sliding_window
 from jaxseg.train.checkpoint import Checkpoints
@@ -46,7 +47,8 @@ class CaseEvaluator:
     self.states, self.steps = zip(*(self._restore(spec, template) for spec in checkpoints),
                                   strict=True)
     self.probabilities = make_probabilities(self.exp.predict_fn, tta)
-    self.prep = Preprocess.from_config(config.data)
+    self.samples = PreprocessedSource(self.source, Preprocess.from_config(config.data),
+                                      resolve_folder(config.data.sample_cache))
     self.overlap, self.tta = overlap, tta
     self.volumes = self.source.scored_volumes(config.data.image_size) if len(self.source) else []
     self.classes = class_names(self.source, config)
@@ -69,7 +71,7 @@ class CaseEvaluator:
 
   def predict(self, ref):
     """(image [*spatial, C], truth, probabilities [*spatial, K]) of one volume."""
-    items = [self.prep.map(self.source[i]) for i in ref.indices]
+    items = [self.samples[i] for i in ref.indices]
     bs = self.config.data.eval_batch_size
     patch = self.exp.input_shape[:-1]
     if len(items) == 1 and items[0]["image"].ndim == len(patch) + 1 and \

@@ -76,6 +76,12 @@ def test_per_case_scores_agree_with_the_training_evaluation(lgg_root, tmp_path):
   for case in out["cases"]:  # an ensemble of one checkpoint twice is that checkpoint
     assert same["cases"][case][0]["dice"] == pytest.approx(out["cases"][case][0]["dice"])
 
+  c.data.sample_cache = str(tmp_path / "samples")  # written by the first run, read by the second
+  for _ in range(2):
+    cached = CaseEvaluator(c, str(tmp_path), "val").run(False)
+    assert cached["cases"] == out["cases"]
+  assert list((tmp_path / "samples").glob("*/*.npz"))
+
 
 def test_decathlon_volumes_carry_header_spacing(tmp_path):
   root = write_decathlon(tmp_path / "brats", n=2)
