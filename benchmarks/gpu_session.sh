@@ -18,9 +18,9 @@
 #             prefetch) with each of LOOP_WORKERS worker counts (0: in the training process):
 #             input-wait share of the step, the prefetch thread's wait on Grain and device puts,
 #             and the loop's step time over the same step run without the loader
-#   loop_gi   the same for configs/gi_cnn_scratch.py (CLAHE on the host; warps, noise and blur
-#             in the step, data.augment.on_device=auto) with each of GI_WORKERS worker counts,
-#             then GI_WORKERS' last count with the recipe on the host (on_device=host)
+#   loop_gi   the same for configs/gi_cnn_scratch.py (CLAHE on the host, its output cached on
+#             disk; warps, noise and blur in the step, data.augment.on_device=auto) with each of
+#             GI_WORKERS worker counts, then GI_WORKERS' last count without the sample cache
 #   data      benchmarks/data.py: the LGG and GI input pipelines alone by worker count
 #   models    benchmarks/models.py over MODELS_ONLY (compile, step, MFU, memory)
 #   profile   a jax.profiler trace of 20 UNet bfloat16 steps: step_profile.py's kernel table, and
@@ -95,10 +95,10 @@ loop_sweep() {  # config, worker counts, extra flags...
   done
 }
 
-gi_loops() {  # the GI recipe with its warps on the device (auto), then on the host
+gi_loops() {  # the GI recipe as configured (warps on the device, samples cached), then with
+  # GI_WORKERS' last count and no sample cache, as the earlier GPU runs read it (7 % input wait)
   loop_sweep gi_cnn_scratch "$GI_WORKERS" --bench_steps=60 &&
-    loop_sweep gi_cnn_scratch "${GI_WORKERS##* }" --bench_steps=60 \
-      --config.data.augment.on_device=host
+    loop_sweep gi_cnn_scratch "${GI_WORKERS##* }" --bench_steps=60 --config.data.sample_cache=
 }
 
 # The UNet step under XLA flag sets (FLAG_SETS, ';'-separated, "-" = none): CUDA-graph command

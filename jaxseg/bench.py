@@ -160,6 +160,7 @@ def bench_data(config, batches: int = 20, warmup: int = 2, workdir: str | None =
   workers = config.data.num_workers
   return {"what": "data", "source": config.data.source, "batch": config.data.batch_size,
           "image_size": config.data.image_size, "workers": workers,
+          "sample_cache": bool(config.data.sample_cache),
           "samples_per_s": n / total, "samples_per_s_per_core": n / total / max(workers, 1),
           "batches": batches}
 
@@ -203,6 +204,7 @@ def bench_loop(config, steps: int = 50, warmup: int = 3, workdir: str | None = N
   return {"what": "loop", "model": config.model.name, "batch": config.data.batch_size,
           "image_size": config.data.image_size, "workers": config.data.num_workers,
           "augment_on": "device" if pipeline.augment_on_device(config.data.augment) else "host",
+          "sample_cache": bool(config.data.sample_cache),
           "images_per_s": steps * config.data.batch_size / total,
           "ms_per_step": 1e3 * total / steps, "input_wait": wait / total, "steps": steps,
           "ms_per_step_alone": 1e3 * alone, "loop_over_step": total / steps / alone,
@@ -229,7 +231,8 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
   if what in ("loop", "all"):
     r = bench_loop(config, steps, workdir=workdir)
     print(f"loop  | {r['model']} b{r['batch']} {r['image_size']}px, {r['workers']} workers, "
-          f"augmentation on the {r['augment_on']} | "
+          f"augmentation on the {r['augment_on']}"
+          f"{', samples cached' if r['sample_cache'] else ''} | "
           f"{r['ms_per_step']:.1f} ms/step | {r['images_per_s']:.1f} img/s | "
           f"input wait {100 * r['input_wait']:.0f}% | step alone {r['ms_per_step_alone']:.1f} ms "
           f"(loop {r['loop_over_step']:.2f}x it) | loader thread per batch: "
@@ -238,7 +241,8 @@ def run_bench(config, what: str = "all", steps: int = 50, workdir: str | None = 
     results.append(r)
   if what in ("data", "all"):
     r = bench_data(config, max(steps // 2, 5), workdir=workdir)
-    print(f"data  | {r['source']} b{r['batch']} {r['image_size']}px, {r['workers']} workers | "
+    print(f"data  | {r['source']} b{r['batch']} {r['image_size']}px, {r['workers']} workers"
+          f"{', samples cached' if r['sample_cache'] else ''} | "
           f"{r['samples_per_s']:.1f} samples/s | {r['samples_per_s_per_core']:.1f} samples/s "
           "per worker core", flush=True)
     results.append(r)

@@ -33,9 +33,12 @@ def test_bench_data_runs_each_format_with_its_augmentation(source, tmp_path):
     c.data.num_classes, c.data.task, c.data.in_channels = 3, "multilabel", 3
     c.data.clahe_clip, c.data.augment.elastic_or_grid, c.data.augment.ssr = 2.0, 1.0, 1.0
     c.data.augment.noise_or_blur = 1.0
+    c.data.sample_cache = "auto"  # as configs/gi_*.py: for synthetic files, in the workdir
   if source == "decathlon":
     c.data.num_classes, c.data.task, c.data.in_channels = 4, "multiclass", 4
     c.data.normalize, c.data.crop = "none", (8, 32, 32)
   r = bench_data(c, batches=3, warmup=1, workdir=str(tmp_path))
   assert r["source"] == source and r["samples_per_s"] > 0
   assert r["samples_per_s_per_core"] == r["samples_per_s"]  # no workers: one core
+  assert r["sample_cache"] == (source == "gi")
+  assert bool(list(tmp_path.glob("samples/*/*.npz"))) == (source == "gi")
