@@ -68,7 +68,7 @@ def image_dtype(source, data_cfg) -> np.dtype:
   uint8 for a uint8 (or CLAHE'd) source whose z-score runs on the device. Reads one sample."""
   if not zscore_on_device(data_cfg) or len(source) == 0:
     return np.dtype(np.float32)
-  return Preprocess.from_config(data_cfg, True).map(source[0])["image"].dtype
+  return preprocessed(source, data_cfg)[0]["image"].dtype
 
 
 def build_source(data_cfg, workdir: str):
