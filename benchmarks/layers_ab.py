@@ -30,8 +30,9 @@ convolutions (model.conv_impl=xla, the default until model.conv_impl=auto) and s
 - depthwise_input_grad: the shifted-sum depthwise conv's input gradient differentiated by JAX
   (before: one zero-bordered copy of the output gradient per tap, then their sum) against the
   flipped-kernel shifted sum (conv._depthwise_input_gradient, after).
-- loss_view: the loss and the confusion counts of a one-channel sigmoid output reduced over
-  [B, H, W, 1] (before) against the flat [B, 1, N] view (losses.per_channel_view, after).
+- loss_view: the loss and the confusion counts reduced in place, over [B, H, W, K] (before),
+  against losses.per_channel_view's (after; for a one-channel sigmoid output the flat [B, 1, N]
+  view).
 - bn_max_pool: UNeXt's encoder stages as the convolution with its bias, nn.BatchNorm and
   max_pool (before) against batch norm and max-pool as one op, the bias passed to it
   (batch_norm.BatchNorm with then_max_pool, after). The earlier max-pool changes
@@ -230,7 +231,7 @@ def _use_before(change: str):
   elif change == "loss_view":
     from jaxseg import losses, metrics
     losses.per_channel_view = metrics.per_channel_view = (
-        lambda a, task: (a, tuple(range(1, a.ndim - 1))))
+        lambda a, task: (a, -1, tuple(range(1, a.ndim - 1))))
   elif change == "bn_max_pool":
     _separate_norm("max_pool")
   elif change == "upsample_grad":

@@ -18,11 +18,11 @@ from jaxseg.losses import per_channel_view, probabilities, targets
 
 def confusion(logits, mask, task: str, threshold: float = 0.5):
   """Per-example, per-channel [B, K, 3] float32 counts: (intersection, predicted, true)."""
-  t, _ = per_channel_view(targets(mask, logits.shape[-1], task, logits.ndim), task)
-  logits, axes = per_channel_view(logits, task)
-  p = probabilities(logits, task)
+  t, _, _ = per_channel_view(targets(mask, logits.shape[-1], task, logits.ndim), task)
+  logits, channel, axes = per_channel_view(logits, task)
+  p = probabilities(logits, task, channel)
   if task == "multiclass":
-    pred = (p == p.max(-1, keepdims=True)).astype(jnp.float32)
+    pred = (p == p.max(channel, keepdims=True)).astype(jnp.float32)
   else:
     pred = (p > threshold).astype(jnp.float32)
   return jnp.stack([(pred * t).sum(axes), pred.sum(axes), t.sum(axes)], axis=-1)
