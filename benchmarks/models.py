@@ -1,19 +1,24 @@
-"""Train-step benchmark of every registry model at its project's input size.
+"""Train-step benchmark of every registry model as its project trains it.
 
-  .venv/bin/python benchmarks/models.py --steps=20 --batch=4            # writes benchmarks/results/
-  .venv/bin/python benchmarks/models.py --steps=50 --batch=16 --dtype=bfloat16   # on a GPU
+  .venv/bin/python benchmarks/models.py                      # writes benchmarks/results/
+  .venv/bin/python benchmarks/models.py --steps=5 --batch=4  # a quick look on a CPU
+  .venv/bin/python benchmarks/models.py --dtype=bfloat16     # on a GPU
 
-For each model: parameters, forward FLOPs per example (its convolutions and matmuls counted from
-the jaxpr, jaxseg.hardware.forward_flops), compile time, median train-step time with its
-10th-90th percentile spread, images/s, model FLOPs utilisation (MFU, against jaxseg.hardware's
-peak: a datasheet rate on accelerators, a measured matmul on CPUs) and XLA's memory for the
-step. Results go to a markdown table and a JSON file named after the date and device, with the
-jax version and git commit, so numbers from different runs are never mixed up (rewritten after
-each row: result_files.py). Compare models only within one file: these machines are noisy
-across runs.
+Each row is a project's config from configs/ (input size, batch, model settings, frozen layers,
+remat, optimizer, on-device augmentation), so the step timed is the step that config trains;
+`--batch` replaces the projects' batches on the 2-D rows (the 3-D row keeps its own). For each
+model: parameters, forward FLOPs per example (its convolutions and matmuls counted from the
+jaxpr, jaxseg.hardware.forward_flops), compile time, median train-step time with its 10th-90th
+percentile spread, images/s, model FLOPs utilisation (MFU, against jaxseg.hardware's peak: a
+datasheet rate on accelerators, a measured matmul on CPUs) and XLA's memory for the step.
+Results go to a markdown table and a JSON file named after the date and device, with the jax
+version and git commit, so numbers from different runs are never mixed up (rewritten after each
+row: result_files.py). Compare models only within one file: these machines are noisy across
+runs.
 """
 
 import datetime
+import importlib
 import os
 import sys
 
@@ -23,42 +28,49 @@ from absl import app, flags
 from jaxseg import models
 from jaxseg.allocator import reexec_with_malloc_defaults
 from jaxseg.bench import bench_step, git_commit
-from jaxseg.config import default_config
 
 import result_files
 
-# name: (model overrides, data overrides) -- the projects' networks and input sizes.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
+
+# name: (configs/ module, its argument, model overrides). The combinations are the registry's
+# other encoder / decoder pairs, trained as the LGG UNet is.
 SUITE = {
-    "unet (LGG, Buda)": ({"name": "unet", "features": 32}, {"image_size": 256}),
-    "unet_vgg16 (LGG)": ({"name": "unet_vgg16", "features": 16}, {"image_size": 256}),
-    "unet_resnet50 (LGG)": ({"name": "unet_resnet50", "features": 16}, {"image_size": 256}),
-    "resunet (LGG)": ({"name": "resunet", "features": 64, "depth": 3}, {"image_size": 256}),
-    "unext (LGG)": ({"name": "unext", "features": 16}, {"image_size": 256}),
-    "unet residual (GI scratch)": ({"name": "unet", "features": 56, "residual": True,
-                                    "dropout": 0.1}, {"image_size": 224, "num_classes": 3,
-                                                      "task": "multilabel"}),
-    "unetpp_efficientnet_b3 (GI transfer)": ({"name": "unetpp_efficientnet_b3", "features": 16},
-                                             {"image_size": 224, "num_classes": 3,
-                                              "task": "multilabel"}),
-    # The other encoder / decoder pairs of the registry, at the LGG size.
-    "unet_efficientnet_b3 (combination)": ({"name": "unet_efficientnet_b3", "features": 16},
-                                           {"image_size": 256}),
-    "unetpp_vgg16 (combination)": ({"name": "unetpp_vgg16", "features": 16}, {"image_size": 256}),
-    "unetpp_resnet50 (combination)": ({"name": "unetpp_resnet50", "features": 16},
-                                      {"image_size": 256}),
-    "unet (BraTS 2-D)": ({"name": "unet", "features": 16},
-                         {"image_size": 160, "in_channels": 2, "num_classes": 4,
-                          "task": "multiclass"}),
-    "unet3d (BraTS 3-D, 64^3 crop)": ({"name": "unet3d", "features": 16, "norm": "group"},
-                                       {"image_size": 64, "depth": 64, "in_channels": 4,
-                                        "num_classes": 4, "task": "multiclass"}),
+    "unet (LGG, Buda)": ("lgg_unet", None, {}),
+    "unet_vgg16 (LGG)": ("lgg_unet_vgg16", None, {}),
+    "unet_resnet50 (LGG)": ("lgg_unet_resnet50", None, {}),
+    "resunet (LGG)": ("lgg_resunet", None, {}),
+    "unext (LGG)": ("lgg_unext", None, {}),
+    "unet residual (GI scratch)": ("gi_cnn_scratch", None, {}),
+    "unetpp_efficientnet_b3 (GI transfer, phase 1)": ("gi_unetpp_effb3", "1", {}),
+    "unet_efficientnet_b3 (combination)": ("lgg_unet", None,
+                                           {"name": "unet_efficientnet_b3", "features": 16}),
+    "unetpp_vgg16 (combination)": ("lgg_unet", None, {"name": "unetpp_vgg16", "features": 16}),
+    "unetpp_resnet50 (combination)": ("lgg_unet", None,
+                                      {"name": "unetpp_resnet50", "features": 16}),
+    "unet (BraTS 2-D)": ("brats_2d", None, {}),
+    "unet3d (BraTS 3-D)": ("brats_3d", None, {}),
 }
 
 _STEPS = flags.DEFINE_integer("steps", 50, "timed steps per model (after 2 warm-up steps)")
-_BATCH = flags.DEFINE_integer("batch", 4, "global batch (3-D rows use 1)")
+_BATCH = flags.DEFINE_integer("batch", 0, "global batch of the 2-D rows; 0: each project's")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _ONLY = flags.DEFINE_list("only", [], "substrings of suite names to run")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
+
+
+def suite_config(name: str):
+  """The config of SUITE[name], with this run's dtype and batch."""
+  module, arg, model_overrides = SUITE[name]
+  get_config = importlib.import_module(f"configs.{module}").get_config
+  c = get_config() if arg is None else get_config(arg)
+  c.model.update(model_overrides)
+  c.model.dtype = _DTYPE.value
+  c.init_from = ""  # the step, not the weights: nothing is read
+  c.model.pretrained = ""
+  if _BATCH.value and not c.data.depth:
+    c.data.batch_size = _BATCH.value
+  return c
 
 
 def _write(rows: list, meta: dict) -> str:
@@ -87,14 +99,10 @@ def main(argv):
           "host_cpu": result_files.host_cpu(), "jax": jax.__version__, "commit": git_commit(), "command": " ".join(sys.argv),
           "dtype": _DTYPE.value}
   rows = []
-  for name, (model_kw, data_kw) in SUITE.items():
+  for name in SUITE:
     if _ONLY.value and not any(s in name for s in _ONLY.value):
       continue
-    c = default_config()
-    c.model.update(model_kw)
-    c.data.update(data_kw)
-    c.model.dtype = _DTYPE.value
-    c.data.batch_size = 1 if c.data.depth else _BATCH.value
+    c = suite_config(name)
     m = models.build(c.model, c.data.in_channels, c.data.num_classes)
     shape = ((c.data.depth,) if c.data.depth else ()) + (c.data.image_size,) * 2 + (
         c.data.in_channels,)
