@@ -53,6 +53,9 @@ SUITE = {
 }
 
 _STEPS = flags.DEFINE_integer("steps", 50, "timed steps per model (after 2 warm-up steps)")
+_UNSYNCED = flags.DEFINE_integer(
+    "unsynced_steps", None, "steps timed back to back after the synced ones (default: --steps; "
+    "on a CPU, where the two agree, fewer save the run's time)")
 _BATCH = flags.DEFINE_integer("batch", 0, "global batch of the 2-D rows; 0: each project's")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute dtype")
 _ONLY = flags.DEFINE_list("only", [], "substrings of suite names to run")
@@ -107,7 +110,7 @@ def main(argv):
     shape = ((c.data.depth,) if c.data.depth else ()) + (c.data.image_size,) * 2 + (
         c.data.in_channels,)
     variables = models.init_variables(m, shape)
-    r = bench_step(c, steps=_STEPS.value, warmup=2)
+    r = bench_step(c, steps=_STEPS.value, warmup=2, unsynced_steps=_UNSYNCED.value)
     r.update(name=name, params=models.count_params(variables["params"]),
              gflop_fwd_per_example=models.forward_flops(m, variables, shape) / 1e9,
              input="x".join(map(str, shape)))

@@ -56,8 +56,11 @@ def _random_batch(exp: Experiment, seed: int = 0) -> dict:
   return jax.device_put(batch, exp.batch_sharding)
 
 
-def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None = None) -> dict:
-  """With `profile_dir`, the timed steps are also recorded as a jax.profiler trace there
+def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None = None,
+               unsynced_steps: int | None = None) -> dict:
+  """Times `steps` synced steps, then `unsynced_steps` (default `steps`) back to back.
+
+  With `profile_dir`, the timed steps are also recorded as a jax.profiler trace there
   (open it with TensorBoard's profile plugin or Perfetto), beside the compiled step's HLO as
   train_step.hlo.txt: the trace names each kernel after its HLO instruction
   (benchmarks/step_profile.py joins the two)."""
@@ -88,11 +91,12 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
       jax.profiler.stop_trace()
   # As the training loop runs them: back to back, one sync at the end, so the host's dispatch of
   # a step overlaps the device's work on the one before (the synced times above include both).
+  unsynced_steps = steps if unsynced_steps is None else unsynced_steps
   t0 = time.perf_counter()
-  for _ in range(steps):
+  for _ in range(unsynced_steps):
     state, acc = compiled(state, batch, acc)
   jax.block_until_ready((state, acc))
-  unsynced = (time.perf_counter() - t0) / steps
+  unsynced = (time.perf_counter() - t0) / unsynced_steps
   t = np.array(times)
   med = float(np.median(t))
   dtype = models.dtype_name(config.model.dtype)
