@@ -39,7 +39,8 @@ mkdir -p "$OUT"
 LOG=$OUT/session.log
 export PYTHONUNBUFFERED=1 OUT
 # The suite rows (benchmarks/models.py) without GPU numbers yet: UNet, UNeXt, UNet++ with
-# EfficientNet-B3 and the 3-D UNet were measured on the H200 / H100 (BUILD.md).
+# EfficientNet-B3 and the 3-D UNet were measured on the H200 / H100 (BUILD.md; at batch 16, the
+# 3-D UNet on a 64^3 crop, before the suite took each project's config and batch).
 MODELS_ONLY=${MODELS_ONLY:-vgg16,resnet50,resunet,GI scratch,unet_efficientnet_b3,BraTS 2-D}
 LOOP_WORKERS=${LOOP_WORKERS:-0 4 8}
 GI_WORKERS=${GI_WORKERS:-6 12}
@@ -62,7 +63,7 @@ else
   export PYTHONPATH=/tmp/site:$PWD
   PY=python3
   VS="--batch=16 --sizes=256 --dtype=bfloat16 --torch_modes=eager,compile --steps=50"
-  MODELS="--steps=50 --batch=16 --dtype=bfloat16"
+  MODELS="--steps=50 --dtype=bfloat16"  # each project's batch
   SMALL="--config.model.dtype=bfloat16 --bench_steps=200"
   DATA="--configs=lgg_unet,gi_cnn_scratch --workers=4,12 --batches=40 --step_configs="
   AB="--sizes=256 --batch=16 --steps=30"
