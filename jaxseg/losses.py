@@ -42,7 +42,7 @@ def per_channel_view(a, task: str):
 
   Multi-class: [B, K, N] (one transpose), so that the softmax over K is element-wise work along
   N (in place, with K <= 4 on the minor axis, BraTS's CE + Dice at 32 x 160^2, value and
-  gradient, ran 62.7 against 33.9 ms, 2026-11-27). A single sigmoid channel: [B, 1, N], a
+  gradient, ran 58-60 against 37-38 ms, 2026-11-27). A single sigmoid channel: [B, 1, N], a
   reshape (in place, UNeXt's loss at 8 x 256^2 x 1 ran 8.3 against 3.0 ms, 2026-11-26). More
   sigmoid channels stay in place: their work is element-wise per channel, and the transpose
   cost more than it saved (GI's three channels at 16 x 224^2: 27.6 against 32.6 ms)."""
