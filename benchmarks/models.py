@@ -31,8 +31,6 @@ from jaxseg.bench import bench_step, git_commit
 
 import result_files
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs/
-
 # name: (configs/ module, its argument, model overrides). The combinations are the registry's
 # other encoder / decoder pairs, trained as the LGG UNet is.
 SUITE = {
