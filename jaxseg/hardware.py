@@ -6,7 +6,8 @@ calls, which its cost analysis counts as zero (seen on an H200, 2026-11-26: UNet
 ~24 GFLOP per example), so MFU read 0.7 %. `forward_flops` counts the multiply-adds of every
 convolution and matrix product in the model's forward pass (traced with the portable layer
 forms, so every backend gets the same count); a training step counts as three forward passes
-(forward, input gradient, weight gradient), the usual MFU convention. Element-wise work
+(forward, input gradient, weight gradient), the usual MFU convention, less the gradients that
+frozen layers leave out (models.frozen_backward_flops, counted the same way). Element-wise work
 (normalisation, activations) is not counted, also as usual.
 
 Accelerators: dense (no sparsity) rates from the vendors' datasheets, per chip. float32 on

@@ -90,6 +90,33 @@ def frozen_mask(model_cfg, tree):
   return jax.tree_util.tree_map_with_path(frozen, tree)
 
 
+def without_gradient(params, frozen):
+  """`params` with the `frozen` leaves (a frozen_mask tree) behind stop_gradient: a gradient
+  taken through them leaves out their weight gradients, and the input gradients of any layers
+  with nothing trainable before them."""
+  return jax.tree.map(lambda f, p: jax.lax.stop_gradient(p) if f else p, frozen, params)
+
+
+def frozen_backward_flops(model, variables, input_shape, frozen) -> float:
+  """Convolution and matmul FLOPs per example of the backward work that freezing leaves out of
+  a training step: those of the training gradient with every layer trained, less with the
+  `frozen` ones frozen (0 with none; counted as jaxseg.hardware.forward_flops says)."""
+  if not any(jax.tree.leaves(frozen)):
+    return 0.0
+  x = jax.ShapeDtypeStruct((1, *input_shape), jnp.float32)
+  rest = {k: v for k, v in variables.items() if k != "params"}
+  key = jax.random.key(0)
+
+  def gradient_flops(mask):
+    def loss(params, rest, x):
+      y, _ = model.apply({"params": without_gradient(params, mask), **rest}, x, train=True,
+                         mutable=["batch_stats"], rngs={"dropout": key})
+      return jnp.sum(y.astype(jnp.float32))
+    return hardware.forward_flops(jax.grad(loss), variables["params"], rest, x)
+
+  return gradient_flops(jax.tree.map(lambda _: False, frozen)) - gradient_flops(frozen)
+
+
 def build(model_cfg, in_channels: int, out_channels: int):
   if model_cfg.name not in REGISTRY:
     raise ValueError(f"model.name={model_cfg.name!r}; known: {sorted(REGISTRY)}")

@@ -45,7 +45,7 @@ class Experiment:
     self.model = models.build(config.model, d.in_channels, d.num_classes)
     self.total_steps = total_steps or config.train.steps
     shapes = models.variable_shapes(self.model, self.input_shape)
-    frozen_params = models.frozen_mask(config.model, shapes["params"])
+    self.frozen_params = frozen_params = models.frozen_mask(config.model, shapes["params"])
     frozen_stats = models.frozen_mask(config.model, shapes.get("batch_stats", {}))
     self.tx = state_lib.make_optimizer(config.optim, self.total_steps, frozen_params)
     self.lr_schedule = state_lib.learning_rate_schedule(config.optim, self.total_steps)
@@ -63,7 +63,7 @@ class Experiment:
         step_lib.make_train_step(self.model, self.tx, d.task, config.loss, thr,
                                  accum_steps=tc.grad_accum,
                                  skip_nonfinite=tc.nan_policy == "skip",
-                                 frozen_stats=frozen_stats,
+                                 frozen_params=frozen_params, frozen_stats=frozen_stats,
                                  device_aug=pipeline.device_augment_config(d.augment),
                                  zscore=zscore),
         in_shardings=(r, b, r), out_shardings=(r, r), donate_argnums=(0, 2))
@@ -145,14 +145,16 @@ class Experiment:
   def compile_train_step(self, state, acc, image_dtype=jnp.float32):
     """Ahead-of-time compile for batches with `image_dtype` images; returns (compiled, seconds,
     model FLOPs per step: three forward passes over the global batch, jaxseg.hardware's
-    convention)."""
+    convention, less the backward work frozen layers leave out)."""
     t0 = time.perf_counter()
     compiled = self.train_step.lower(state, self.abstract_batch(image_dtype), acc).compile()
     seconds = time.perf_counter() - t0
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    per_example = models.forward_flops(self.model, variables, self.input_shape)
-    return compiled, seconds, (hardware.TRAIN_STEP_FORWARDS * per_example
-                               * self.config.data.batch_size)
+    per_example = (hardware.TRAIN_STEP_FORWARDS
+                   * models.forward_flops(self.model, variables, self.input_shape)
+                   - models.frozen_backward_flops(self.model, variables, self.input_shape,
+                                                  self.frozen_params))
+    return compiled, seconds, per_example * self.config.data.batch_size
 
   # ---- evaluation --------------------------------------------------------------------------
   def evaluate(self, state, source) -> dict:

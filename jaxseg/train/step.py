@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxseg import hardware, losses, metrics
+from jaxseg import hardware, losses, metrics, models
 from jaxseg.data import geometry, transforms
 
 
@@ -96,18 +96,23 @@ def device_augment(batch: dict, rng, aug) -> dict:
 
 
 def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_steps: int = 1,
-                    skip_nonfinite: bool = False, frozen_stats=None, device_aug=None,
-                    zscore: bool = False):
+                    skip_nonfinite: bool = False, frozen_params=None, frozen_stats=None,
+                    device_aug=None, zscore: bool = False):
   """The train step. With accum_steps > 1 the batch is split into micro-batches whose gradients
   are averaged before one optimizer update (BatchNorm then sees micro-batch statistics, as in
   PyTorch). With skip_nonfinite a step whose loss or gradients are not finite leaves the state
-  unchanged (and is counted) instead of poisoning it. `frozen_stats` (a batch_stats-shaped tree
-  of Python bools) keeps the statistics of frozen layers as they were. `device_aug` (the
-  data.augment config) runs shift-scale-rotate inside the step. `zscore`: the batch's images
-  arrive un-normalised (see device_inputs)."""
+  unchanged (and is counted) instead of poisoning it. `frozen_params` (a params-shaped tree of
+  Python bools) takes no gradient for frozen layers (models.without_gradient): the backward pass
+  leaves out their weight gradients, and with a frozen prefix its input gradients too; their
+  gradients are zeros, and the optimizer (state.make_optimizer) does not move them either way. `frozen_stats` (batch_stats-shaped)
+  keeps the statistics of frozen layers as they were. `device_aug` (the data.augment config)
+  runs shift-scale-rotate inside the step. `zscore`: the batch's images arrive un-normalised
+  (see device_inputs)."""
 
   def grads_and_stats(params, batch_stats, batch, rng):
     def loss_fn(params):
+      if frozen_params is not None:
+        params = models.without_gradient(params, frozen_params)
       logits, updates = model.apply(_variables(batch_stats, params), batch["image"], train=True,
                                     mutable=["batch_stats"], rngs={"dropout": rng})
       return losses.seg_loss(logits, batch["mask"], task, loss_cfg), (logits, updates)
