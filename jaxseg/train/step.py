@@ -104,10 +104,10 @@ def make_train_step(model, tx, task: str, loss_cfg, threshold: float, accum_step
   unchanged (and is counted) instead of poisoning it. `frozen_params` (a params-shaped tree of
   Python bools) takes no gradient for frozen layers (models.without_gradient): the backward pass
   leaves out their weight gradients, and with a frozen prefix its input gradients too; their
-  gradients are zeros, and the optimizer (state.make_optimizer) does not move them either way. `frozen_stats` (batch_stats-shaped)
-  keeps the statistics of frozen layers as they were. `device_aug` (the data.augment config)
-  runs shift-scale-rotate inside the step. `zscore`: the batch's images arrive un-normalised
-  (see device_inputs)."""
+  gradients are zeros, and the optimizer (state.make_optimizer) does not move them either way.
+  `frozen_stats` (batch_stats-shaped) keeps the statistics of frozen layers as they were.
+  `device_aug` (the data.augment config) runs shift-scale-rotate inside the step. `zscore`: the
+  batch's images arrive un-normalised (see device_inputs)."""
 
   def grads_and_stats(params, batch_stats, batch, rng):
     def loss_fn(params):
