@@ -12,7 +12,8 @@ No remat (`model.remat`): XLA's memory analysis of this step finds it saves noth
 UNet's peak is at full resolution, where the backward pass needs those activations anyway
 (float32 on the CPU: 17.57 GiB of temporaries with it, 16.49 without; with XLA's own 3-D
 convolutions, the form GPUs run, compiled on the CPU: 8.40 and 8.30 GiB, bfloat16 9.26 and
-9.03), while it recomputes every block: the CPU step 21.6-22.4 s with it, 19.1-19.2 s without (BUILD.md performance notes).
+9.03), while it recomputes every block: the CPU step 21.6-22.4 s with it, 19.1-19.2 s without
+(BUILD.md performance notes).
 """
 
 from configs import brats_2d
