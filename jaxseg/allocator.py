@@ -6,10 +6,10 @@ XLA's CPU runtime allocates each execution's temporary buffers afresh and frees 
 end (the UNet train step at 128 px, batch 8: 430 MB by XLA's memory analysis). glibc serves
 blocks that large with a fresh mmap and unmaps them on free, so every step the kernel faults in
 and zeroes all of it again. Two defaults, each added unless the environment already sets it:
-- mimalloc (the cmeel-mimalloc wheel, a dependency on x86-64 Linux) preloaded, with its freed
-  memory kept for MIMALLOC_PURGE_DELAY ms before it goes back to the system: the next step
-  reuses the same pages. Left out where the wheel is missing, LD_PRELOAD is set already, or a
-  JAX GPU / TPU plugin is installed (measured on CPUs only so far).
+- mimalloc (the cmeel-mimalloc wheel, a dependency on x86-64 Linux) preloaded, never giving
+  freed memory back to the system (MIMALLOC_PURGE_DELAY=-1): the next step reuses the same
+  pages. Left out where the wheel is missing, LD_PRELOAD is set already, or a JAX GPU / TPU
+  plugin is installed (measured on CPUs only so far).
 - `glibc.malloc.hugetlb=1` in GLIBC_TUNABLES, for glibc's malloc where mimalloc is not
   preloaded: transparent huge pages for the large blocks, 2 MB faults instead of 4 KB ones.
 BUILD.md's performance notes have both measured. JAXSEG_MALLOC_DEFAULTS=0 turns both off.
@@ -21,9 +21,12 @@ import os
 import sys
 
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
-# Milliseconds mimalloc keeps freed memory before returning it to the system (its default, 10,
-# returned the steps' buffers between steps). Memory idle for longer still goes back.
-MIMALLOC_PURGE_DELAY = "10000"
+# Milliseconds mimalloc keeps freed memory before returning it to the system; -1: never. Its
+# default, 10, returned the steps' buffers between steps. 10 s, though far longer than a step,
+# still let mimalloc 3.4 return them now and then (BUILD.md: a step in 10-60 faulted its 1.2 GB
+# of temporaries in afresh, 1-3 s of system time, the UNet at 256 px on a 2-core VM). A
+# training process's peak memory is its steps' either way.
+MIMALLOC_PURGE_DELAY = "-1"
 
 
 def mimalloc_library() -> str | None:

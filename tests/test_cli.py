@@ -152,7 +152,7 @@ def test_malloc_defaults_add_only_what_the_environment_lacks():
   assert malloc_defaults({"LD_PRELOAD": "libtcmalloc.so"}, "linux", lib) == {
       "GLIBC_TUNABLES": MALLOC_TUNABLE}
   assert malloc_defaults({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0",
-                          "MIMALLOC_PURGE_DELAY": "-1"}, "linux", lib) == {"LD_PRELOAD": lib}
+                          "MIMALLOC_PURGE_DELAY": "250"}, "linux", lib) == {"LD_PRELOAD": lib}
   assert malloc_defaults({"JAXSEG_MALLOC_DEFAULTS": "0"}, "linux", lib) == {}
   assert malloc_defaults({}, "darwin", lib) == {}
 
