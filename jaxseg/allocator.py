@@ -23,9 +23,10 @@ import sys
 MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
 # Milliseconds mimalloc keeps freed memory before returning it to the system; -1: never. Its
 # default, 10, returned the steps' buffers between steps. 10 s, though far longer than a step,
-# still let mimalloc 3.4 return them now and then (BUILD.md: a step in 10-60 faulted its 1.2 GB
-# of temporaries in afresh, 1-3 s of system time, the UNet at 256 px on a 2-core VM). A
-# training process's peak memory is its steps' either way.
+# still let mimalloc 3.4 return them now and then: the UNet at 256 px on a 2-core VM faulted its
+# 1.2 GB of temporaries in afresh in about one synced step in 40, and one to three times in 10
+# back to back, 1.6-3.5 s of system time each (BUILD.md). A training process's peak memory is its
+# steps' either way.
 MIMALLOC_PURGE_DELAY = "-1"
 
 
@@ -74,6 +75,26 @@ def glibc_environment(environ) -> dict:
   env = {k: v for k, v in environ.items() if k not in ("LD_PRELOAD", "MIMALLOC_PURGE_DELAY")}
   env.update(JAXSEG_MALLOC_DEFAULTS="0", GLIBC_TUNABLES=MALLOC_TUNABLE)
   return env
+
+
+def named_environment(name: str, environ=os.environ) -> dict | None:
+  """A child process's environment under the allocator `name` (the benchmarks' names): jaxseg
+  (None: `environ`, the jaxseg command's), glibc (glibc_environment) or mimalloc:MS (`environ`
+  with MIMALLOC_PURGE_DELAY=MS)."""
+  if name == "jaxseg":
+    return None
+  if name == "glibc":
+    return glibc_environment(environ)
+  if name.startswith("mimalloc:"):
+    return {**environ, "MIMALLOC_PURGE_DELAY": name.split(":", 1)[1]}
+  raise ValueError(f"allocator {name!r}: not jaxseg, glibc or mimalloc:MS")
+
+
+def usable_names(names: list, environ=os.environ) -> list:
+  """`names` less the mimalloc:MS ones where mimalloc is not preloaded (a host with a JAX GPU
+  plugin: the re-exec leaves it out there)."""
+  preloaded = "libmimalloc" in environ.get("LD_PRELOAD", "")
+  return [n for n in names if preloaded or not n.startswith("mimalloc:")]
 
 
 def reexec_with_malloc_defaults(environ=os.environ, execv=os.execv, platform=sys.platform,

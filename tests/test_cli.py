@@ -176,6 +176,20 @@ def test_glibc_environment_takes_mimalloc_out():
   assert env["LD_PRELOAD"] == "/x/libmimalloc.so"  # a copy
 
 
+def test_named_environments_for_the_benchmarks_children():
+  from jaxseg.allocator import MALLOC_TUNABLE, named_environment, usable_names
+  env = {"LD_PRELOAD": "/x/libmimalloc.so", "MIMALLOC_PURGE_DELAY": "-1", "HOME": "/h"}
+  assert named_environment("jaxseg", env) is None  # the parent's own
+  assert named_environment("mimalloc:10000", env) == {**env, "MIMALLOC_PURGE_DELAY": "10000"}
+  assert named_environment("glibc", env)["GLIBC_TUNABLES"] == MALLOC_TUNABLE
+  with pytest.raises(ValueError, match="tcmalloc"):
+    named_environment("tcmalloc", env)
+  names = ["jaxseg", "glibc", "mimalloc:10000"]
+  assert usable_names(names, env) == names
+  # Without mimalloc preloaded (a host with a JAX GPU plugin) there is no purge delay to vary.
+  assert usable_names(names, {"HOME": "/h"}) == ["jaxseg", "glibc"]
+
+
 def test_cli_reexecs_once_with_the_malloc_defaults():
   from jaxseg.allocator import MALLOC_TUNABLE, reexec_with_malloc_defaults
   calls = []
