@@ -144,7 +144,8 @@ def main(argv):
   rows, device = [], "?"
   header = ["purge delay", "synced median ms", "max ms", f"steps >= {_SLOW.value}x median",
             "system ms / step", "huge-page faults / step", "back to back ms / step",
-            "system ms / step", "huge-page faults / step", "peak RSS MB"]
+            "back to back system ms / step", "back to back huge-page faults / step",
+            "peak RSS MB"]
   for repeat in range(_REPEATS.value):
     for delay in _DELAYS.value:
       run = _measure(spec, delay)
@@ -165,8 +166,8 @@ def main(argv):
                   f"{_WINDOWS.value} back-to-back windows of {_WINDOW.value} per process; "
                   f"fresh processes alternated.\n\n" + result_files.table(header, cells))
       path = result_files.stem(_OUT.value, "step_faults", started, device)
-      result_files.write(path, {"command": command, "started": started, "device": device, "commit": commit,
-                                "spec": spec, "rows": rows}, markdown)
+      result_files.write(path, {"command": command, "started": started, "device": device,
+                                "commit": commit, "spec": spec, "rows": rows}, markdown)
   print(markdown)
 
 
