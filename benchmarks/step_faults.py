@@ -65,19 +65,13 @@ class _Counters:
 def run_child(spec: dict) -> dict:
   import jax
 
-  from jaxseg.bench import _random_batch
+  from jaxseg.bench import compiled_step
   from jaxseg.config import default_config
-  from jaxseg.train import step as step_lib
-  from jaxseg.train.experiment import Experiment
 
   c = default_config()
   c.model.name, c.model.features = spec["name"], spec["features"]
   c.data.image_size, c.data.batch_size = spec["size"], spec["batch"]
-  exp = Experiment(c, workdir="")
-  state = exp.init_state()
-  acc = jax.device_put(step_lib.zero_accumulator(c.data.num_classes), exp.replicated)
-  compiled, _, _ = exp.compile_train_step(state, acc)
-  batch = _random_batch(exp)
+  _, state, acc, compiled, _, _, batch = compiled_step(c)
   for _ in range(spec["warmup"]):
     state, acc = compiled(state, batch, acc)
   jax.block_until_ready((state, acc))

@@ -56,6 +56,16 @@ def _random_batch(exp: Experiment, seed: int = 0) -> dict:
   return jax.device_put(batch, exp.batch_sharding)
 
 
+def compiled_step(config) -> tuple:
+  """What the step benchmarks time: (experiment, initial state, accumulator, the compiled train
+  step, compile seconds, model FLOPs per step, a random batch on the devices)."""
+  exp = Experiment(config, workdir="")
+  state = exp.init_state()
+  acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
+  compiled, compile_s, flops = exp.compile_train_step(state, acc)
+  return exp, state, acc, compiled, compile_s, flops, _random_batch(exp)
+
+
 def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None = None,
                unsynced_steps: int | None = None) -> dict:
   """Times `steps` synced steps, then `unsynced_steps` (default `steps`) back to back.
@@ -64,16 +74,12 @@ def bench_step(config, steps: int = 50, warmup: int = 3, profile_dir: str | None
   (open it with TensorBoard's profile plugin or Perfetto), beside the compiled step's HLO as
   train_step.hlo.txt: the trace names each kernel after its HLO instruction
   (benchmarks/step_profile.py joins the two)."""
-  exp = Experiment(config, workdir="")
-  state = exp.init_state()
-  acc = jax.device_put(step_lib.zero_accumulator(config.data.num_classes), exp.replicated)
-  compiled, compile_s, flops = exp.compile_train_step(state, acc)
+  _, state, acc, compiled, compile_s, flops, batch = compiled_step(config)
   hlo = compiled.as_text()
   if profile_dir:
     os.makedirs(profile_dir, exist_ok=True)
     with open(os.path.join(profile_dir, "train_step.hlo.txt"), "w") as f:
       f.write(hlo)
-  batch = _random_batch(exp)
   for _ in range(warmup):
     state, acc = compiled(state, batch, acc)
   jax.block_until_ready(state)
