@@ -101,10 +101,12 @@ def test_predict_writes_masks_of_the_input_size_and_overlays(trained, lgg_root, 
 
 
 def test_bench_prints_step_loop_and_data_numbers(tmp_path):
-  # Every compile goes to the given cache folder (these tiny ones are under XLA's 1 s default).
+  # Every compile goes to the given cache folder (these tiny ones are under XLA's 1 s default),
+  # not to the suite's (conftest.py; the variable, where set, would win over the flag).
   out = jaxseg("bench", *TINY, "--bench_steps=3", f"--profile={tmp_path / 'trace'}",
                f"--compilation_cache={tmp_path / 'xla'}",
-               env={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}).stdout
+               env={"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                    "JAX_COMPILATION_CACHE_DIR": ""}).stdout
   assert "ms/step" in out and "GFLOP/step" in out and "compile" in out
   assert "MFU" in out and "measured" in out and "step memory" in out  # CPU: measured peak
   assert "| convolutions " in out

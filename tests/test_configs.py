@@ -9,6 +9,7 @@ import jax
 import pytest
 
 from jaxseg.data import pipeline
+from jaxseg.models.encoders import EfficientNetB3Encoder, ResNet50Encoder
 from jaxseg.train import step as step_lib
 from jaxseg.train.experiment import Experiment
 
@@ -31,7 +32,11 @@ def test_every_config_is_covered():
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.basename(p)[:-3])
-def test_config_builds_and_steps(path, lgg_root, tmp_path):
+def test_config_builds_and_steps(path, lgg_root, tmp_path, monkeypatch):
+  # Encoders one block deep per stage: every stage and name the config refers to (its frozen
+  # stages), a fraction of the compile. Full depth is checked against torch in test_pretrained.
+  monkeypatch.setattr(ResNet50Encoder, "LAYERS", (1, 1, 1, 1))
+  monkeypatch.setattr(EfficientNetB3Encoder, "DEPTH", 0.01)
   module = _load(path)
   c = module.get_config()
   assert module.__doc__ and "jaxseg train" in module.__doc__  # the command that runs it
