@@ -15,7 +15,7 @@ from jaxseg.train.experiment import Experiment
 
 def _shorten_resnet(monkeypatch):
   # layer1 and layer2 at full depth (the frozen prefix), one block in layer3 and layer4: the
-  # same frozen / trained boundary at half the compile time.
+  # same frozen / trained boundary, 9 bottlenecks to compile instead of 16.
   monkeypatch.setattr(ResNet50Encoder, "LAYERS", (3, 4, 1, 1))
 
 

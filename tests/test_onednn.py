@@ -85,7 +85,8 @@ def test_models_with_onednn_keep_parameters_and_gradients(built, name):
     c.model.name, c.model.features, c.model.conv_impl = name, 4, impl
     model = build(c.model, 3, 1)
     trees[impl] = jax.tree.map(lambda a: (a.shape, a.dtype), variable_shapes(model, (32, 32, 3)))
-    v = v or init_variables(model, (32, 32, 3))  # the same variables for both (trees equal)
+    if v is None:  # one init for both: their variables are the same (trees equal)
+      v = init_variables(model, (32, 32, 3))
     x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
 
     def loss(params, model=model, v=v, x=x):
