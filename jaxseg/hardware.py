@@ -13,10 +13,12 @@ frozen layers leave out (models.frozen_backward_flops, counted the same way). El
 Accelerators: dense (no sparsity) rates from the vendors' datasheets, per chip. float32 on
 NVIDIA GPUs is the TF32 tensor-core rate, which XLA uses for float32 matmuls and convolutions
 at JAX's default precision. CPUs have no datasheet figure that XLA can reach, so the bench
-measures one: the best of a few large matmuls in the model's dtype (`measured_peak`).
+measures one: the best of a few large matmuls in the model's dtype, by XLA and, where
+it runs, oneDNN (`measured_peak`).
 """
 
 import contextlib
+import functools
 import math
 import time
 
@@ -35,6 +37,18 @@ def cpu_backend() -> bool:
   model.conv_impl=auto or onednn also the other convolutions (models/onednn.py). False inside
   `portable_layers()`, so the FLOP count sees XLA's convolutions."""
   return not _portable_layers and jax.default_backend() == "cpu"
+
+
+@functools.cache
+def cpu_has_bfloat16() -> bool:
+  """Whether this machine's CPU has bfloat16 arithmetic (x86's AVX-512 BF16 or AMX-BF16 flags in
+  /proc/cpuinfo), which oneDNN's fast bfloat16 convolutions need; False where unknown."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+  except OSError:
+    return False
+  return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
 @contextlib.contextmanager
@@ -116,17 +130,35 @@ def datasheet_peak(device_kind: str, dtype: str):
   return None
 
 
-def measured_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> float:
-  """TFLOP/s of the best of `repeats` n x n matmuls on the default device."""
+def _matmuls(dtype) -> dict:
+  """n x n matmul forms to time: XLA's dot and, on CPUs where oneDNN's convolutions run for this
+  dtype, the same product as oneDNN's 1x1 convolution (bfloat16 on AMX: several times XLA's
+  dot, so that a peak from XLA's alone would put a model's MFU over 100 %)."""
+  forms = {"XLA": lambda a: a @ a}
+  from jaxseg.models import conv, onednn  # noqa: PLC0415 (models import this module)
+  a = jax.ShapeDtypeStruct((1, 8, 1, 8), dtype)
+  if onednn.applies(a, jax.ShapeDtypeStruct((1, 1, 8, 8), dtype), (1, 1), ((0, 0), (0, 0))) \
+     and onednn.usable():
+    forms["oneDNN"] = lambda a: onednn.conv(a[None, :, None], a[None, None], (1, 1),
+                                            ((0, 0), (0, 0)), conv.conv_nd)
+  return forms
+
+
+def measured_peak(dtype: str = "float32", n: int = 2048, repeats: int = 5) -> tuple[float, str]:
+  """(TFLOP/s, which form) of the best of `repeats` n x n matmuls on the default device, over
+  the forms of `_matmuls`."""
   a = jnp.ones((n, n), jnp.dtype(dtype))
-  f = jax.jit(lambda a: a @ a)
-  f(a).block_until_ready()
-  best = float("inf")
-  for _ in range(repeats):
-    t0 = time.perf_counter()
+  best, which = float("inf"), ""
+  for name, form in _matmuls(jnp.dtype(dtype)).items():
+    f = jax.jit(form)
     f(a).block_until_ready()
-    best = min(best, time.perf_counter() - t0)
-  return 2 * n**3 / best / 1e12
+    for _ in range(repeats):
+      t0 = time.perf_counter()
+      f(a).block_until_ready()
+      seconds = time.perf_counter() - t0
+      if seconds < best:
+        best, which = seconds, name
+  return 2 * n**3 / best / 1e12, which
 
 
 def peak_tflops(dtype: str) -> tuple[float, str]:
@@ -135,4 +167,5 @@ def peak_tflops(dtype: str) -> tuple[float, str]:
   peak = datasheet_peak(kind, dtype)
   if peak is not None:
     return peak, f"datasheet ({kind}, {dtype} dense)"
-  return measured_peak(dtype), f"measured ({dtype} 2048^3 matmul on {kind})"
+  peak, which = measured_peak(dtype)
+  return peak, f"measured ({dtype} 2048^3 matmul on {kind}, {which}'s)"

@@ -100,3 +100,16 @@ def test_bench_step_counts_three_forwards_per_example_and_times_both_ways():
   assert r["ms_per_step"] > 0 and r["ms_per_step_unsynced"] > 0
   np.testing.assert_allclose(r["images_per_s_unsynced"], 2e3 / r["ms_per_step_unsynced"])
   assert 0 < r["mfu"] < 1
+
+
+def test_cpu_peak_is_the_best_of_xla_and_onednn_matmuls():
+  """On CPUs where oneDNN runs, the peak behind MFU also times the matmul as oneDNN's 1x1
+  convolution (AMX makes its bfloat16 several times XLA's dot): both forms compute a @ a."""
+  from jaxseg.models import onednn
+  a = jax.random.normal(jax.random.key(0), (64, 64))
+  forms = hardware._matmuls(jnp.dtype(jnp.float32))
+  assert "XLA" in forms and ("oneDNN" in forms) == onednn.usable()
+  for form in forms.values():
+    np.testing.assert_allclose(np.asarray(form(a)).reshape(64, 64), a @ a, rtol=1e-4, atol=1e-4)
+  peak, which = hardware.measured_peak("float32", n=256, repeats=2)
+  assert peak > 0 and which in forms

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from jax import lax
 
+from jaxseg import hardware
 from jaxseg.models import conv, native, onednn
 
 SAME = ((1, 1), (1, 1))
@@ -59,7 +60,7 @@ def test_onednn_convolution_and_gradients_equal_xla(built, shape, kernel, cout, 
 
 
 @pytest.mark.parametrize("shape,kernel,dtype,groups", [
-    ((2, 8, 8, 4), 3, jnp.bfloat16, 1),  # not float32
+    ((2, 8, 8, 4), 3, jnp.float16, 1),  # neither float32 nor bfloat16
     ((2, 8, 8, 4), 3, jnp.float32, 2),  # grouped
     ((2, 4, 8, 8, 4), 3, jnp.float32, 1),  # 3-D (conv.conv_nd splits those into 2-D ones)
 ])
@@ -99,6 +100,61 @@ def test_models_with_onednn_keep_parameters_and_gradients(built, name):
   scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads["xla"]))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale),
                grads["onednn"], grads["xla"])
+
+
+@pytest.mark.parametrize("shape,kernel,cout,strides,padding", [
+    ((2, 16, 16, 8), 3, 4, (1, 1), SAME),
+    ((2, 9, 8, 4), 3, 6, (2, 2), ((1, 1), (1, 1))),
+    ((2, 8, 6, 16), 1, 12, (1, 1), ((0, 0), (0, 0))),
+])
+def test_bfloat16_convolution_and_gradients_equal_float32_xla(built, shape, kernel, cout,
+                                                              strides, padding):
+  """On CPUs with bfloat16 instructions oneDNN takes bfloat16 convolutions (float32
+  accumulation): results within bfloat16 rounding of XLA's float32 convolution of the same
+  bfloat16 values, in bfloat16."""
+  if not hardware.cpu_has_bfloat16():
+    pytest.skip("this CPU has no bfloat16 instructions (AVX-512 BF16 / AMX-BF16)")
+  x = jax.random.normal(jax.random.key(0), shape).astype(jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (kernel, kernel, shape[-1], cout)).astype(jnp.bfloat16)
+  assert onednn.applies(x, w, strides, padding)
+  f32 = lambda x, w, s, p: conv.conv_nd(x.astype(jnp.float32), w.astype(jnp.float32), s, p)  # noqa: E731
+  loss = lambda op: lambda x, w: (op(x, w, strides, padding).astype(jnp.float32) ** 2).sum()  # noqa: E731
+  lowered = jax.jit(jax.grad(loss(_ours), (0, 1))).lower(x, w).as_text()
+  assert all(f"jaxseg_onednn_{h}BF16" in lowered for h in ("ConvFwd", "ConvBwdData", "ConvWgrad"))
+  got = [jax.jit(_ours, static_argnums=(2, 3))(x, w, strides, padding),
+         *jax.jit(jax.grad(loss(_ours), (0, 1)))(x, w)]
+  want = [f32(x, w, strides, padding), *jax.grad(loss(f32), (0, 1))(x, w)]
+  for a, b in zip(got, want, strict=True):
+    assert a.dtype == jnp.bfloat16
+    # bfloat16 keeps 8 bits: each output rounded once, from float32 sums.
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               rtol=2**-7, atol=2**-7 * float(jnp.max(jnp.abs(b))))
+
+
+def test_bfloat16_stays_xla_on_cpus_without_bfloat16_instructions(monkeypatch):
+  """oneDNN has only reference kernels for bfloat16 there, far slower than XLA's."""
+  x, w = jnp.ones((2, 8, 8, 4), jnp.bfloat16), jnp.ones((3, 3, 4, 6), jnp.bfloat16)
+  monkeypatch.setattr(hardware, "cpu_has_bfloat16", lambda: False)
+  monkeypatch.setattr(onednn, "cpu_has_bfloat16", lambda: False)
+  assert not onednn.applies(x, w, (1, 1), SAME)
+  assert onednn.applies(x.astype(jnp.float32), w.astype(jnp.float32), (1, 1), SAME)
+  monkeypatch.setattr(onednn, "cpu_has_bfloat16", lambda: True)
+  assert onednn.applies(x, w, (1, 1), SAME)
+
+
+def test_cpu_bfloat16_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
+  import builtins
+  real_open = builtins.open
+  for flags, expected in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
+                          ("fpu amx_bf16 amx_tile", True)):
+    info = tmp_path / "cpuinfo"
+    info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    monkeypatch.setattr(builtins, "open", lambda path, *a, info=info, **k: real_open(
+        info if path == "/proc/cpuinfo" else path, *a, **k))
+    hardware.cpu_has_bfloat16.cache_clear()
+    assert hardware.cpu_has_bfloat16() == expected, flags
+  monkeypatch.setattr(builtins, "open", real_open)
+  hardware.cpu_has_bfloat16.cache_clear()
 
 
 def test_missing_pieces_are_named(monkeypatch):

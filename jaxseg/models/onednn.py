@@ -1,6 +1,8 @@
 """model.conv_impl=onednn: float32 2-D convolutions on CPUs by oneDNN, as XLA FFI custom calls
-(jaxseg/native/onednn_conv.cc); other dtypes and every other backend stay XLA's (3-D ones,
-which jaxseg.models.conv splits on CPUs into 2-D ones, run those on oneDNN).
+(jaxseg/native/onednn_conv.cc), and bfloat16 ones on CPUs with bfloat16 instructions (AVX-512
+BF16 or AMX, `hardware.cpu_has_bfloat16`: elsewhere oneDNN has only slow reference kernels for
+them); other dtypes and every other backend stay XLA's (3-D ones, which jaxseg.models.conv
+splits on CPUs into 2-D ones, run those on oneDNN).
 model.conv_impl=auto (the default) is the same where oneDNN can run, and XLA's where it cannot.
 
 oneDNN comes from its PyPI wheels, installed with jaxseg on x86-64 Linux (oneDNN 3.2 built
@@ -17,12 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from jaxseg.hardware import cpu_backend
+from jaxseg.hardware import cpu_backend, cpu_has_bfloat16
 from jaxseg.models import native
 from jaxseg.models.native import Unavailable
 
 SOURCE = "onednn_conv.cc"
-HANDLERS = ("ConvFwd", "ConvBwdData", "ConvWgrad")
+HANDLERS = ("ConvFwd", "ConvBwdData", "ConvWgrad", "ConvFwdBF16", "ConvBwdDataBF16",
+            "ConvWgradBF16")
 
 
 def _flags() -> tuple:
@@ -63,7 +66,8 @@ def usable() -> bool:
 def _call(name, shape, a, b, geometry):
   _, (sh, sw), ((pt, pb), (pl, pr)), _ = geometry
   attrs = dict(stride_h=sh, stride_w=sw, pad_top=pt, pad_bottom=pb, pad_left=pl, pad_right=pr)
-  return jax.ffi.ffi_call(f"jaxseg_onednn_{name}", jax.ShapeDtypeStruct(shape, jnp.float32))(
+  suffix = "BF16" if a.dtype == jnp.bfloat16 else ""  # both operands and the result: a's dtype
+  return jax.ffi.ffi_call(f"jaxseg_onednn_{name}{suffix}", jax.ShapeDtypeStruct(shape, a.dtype))(
       a, b, **{k: np.int64(v) for k, v in attrs.items()})
 
 
@@ -120,8 +124,11 @@ def convolutions_in(hlo: str, conv_impl: str) -> str:
 
 
 def applies(x, w, strides, padding) -> bool:
-  """Whether oneDNN takes this convolution: CPU, 2-D, float32, not grouped, padding >= 0."""
-  return (cpu_backend() and x.ndim == 4 and x.dtype == w.dtype == jnp.float32
+  """Whether oneDNN takes this convolution: CPU, 2-D, float32 (or bfloat16 where the CPU has
+  bfloat16 instructions), not grouped, padding >= 0."""
+  dtype_ok = x.dtype == w.dtype and (x.dtype == jnp.float32
+                                     or (x.dtype == jnp.bfloat16 and cpu_has_bfloat16()))
+  return (cpu_backend() and x.ndim == 4 and dtype_ok
           and w.shape[2] == x.shape[-1] and min(p for pair in padding for p in pair) >= 0)
 
 

@@ -1,7 +1,8 @@
-// model.conv_impl=onednn: a 2-D convolution (NHWC input, HWIO kernel, float32; any kernel size,
-// stride and padding, attributes stride_h, stride_w, pad_top, pad_bottom, pad_left, pad_right) by
-// oneDNN, the library under PyTorch's CPU convolutions, as three XLA FFI handlers: forward,
-// input gradient, weight gradient. jaxseg/models/onednn.py compiles it on first use and
+// model.conv_impl=onednn: a 2-D convolution (NHWC input, HWIO kernel, float32 or bfloat16; any
+// kernel size, stride and padding, attributes stride_h, stride_w, pad_top, pad_bottom, pad_left,
+// pad_right) by oneDNN, the library under PyTorch's CPU convolutions, as three XLA FFI handlers
+// per dtype: forward, input gradient, weight gradient (bfloat16 ones named ...BF16; oneDNN
+// accumulates in float32 and, on CPUs with AMX, runs them on its tile units). jaxseg/models/onednn.py compiles it on first use and
 // registers the handlers; XLA's CPU convolutions ran the UNet's layers 1.2-2.8x slower
 // (BUILD.md performance notes). Primitives are built once per shape and cached. XLA may run
 // two of these calls at once (independent instructions; one per device with several CPU
@@ -50,19 +51,20 @@ struct Geometry {
   int64_t sh, sw, pt, pb, pl, pr;
 };
 
-Conv& Get(int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co, int64_t kh, int64_t kw,
-          const Geometry& g) {
-  static std::map<std::array<int64_t, 13>, std::unique_ptr<Conv>> cache;
+Conv& Get(dt type, int64_t n, int64_t h, int64_t w, int64_t ci, int64_t co, int64_t kh,
+          int64_t kw, const Geometry& g) {
+  static std::map<std::array<int64_t, 14>, std::unique_ptr<Conv>> cache;
   static std::mutex mu;
   std::lock_guard<std::mutex> lock(mu);
-  std::array<int64_t, 13> key{n, h, w, ci, co, kh, kw, g.sh, g.sw, g.pt, g.pb, g.pl, g.pr};
+  std::array<int64_t, 14> key{static_cast<int64_t>(type), n, h, w, ci, co, kh, kw,
+                              g.sh, g.sw, g.pt, g.pb, g.pl, g.pr};
   auto it = cache.find(key);
   if (it != cache.end()) return *it->second;
   int64_t oh = (h + g.pt + g.pb - kh) / g.sh + 1, ow = (w + g.pl + g.pr - kw) / g.sw + 1;
-  dnnl::memory::desc src({n, ci, h, w}, dt::f32, tag::nhwc);
-  dnnl::memory::desc dst({n, co, oh, ow}, dt::f32, tag::nhwc);
-  dnnl::memory::desc w_any({co, ci, kh, kw}, dt::f32, tag::any);
-  dnnl::memory::desc w_user({co, ci, kh, kw}, dt::f32, tag::hwio);
+  dnnl::memory::desc src({n, ci, h, w}, type, tag::nhwc);
+  dnnl::memory::desc dst({n, co, oh, ow}, type, tag::nhwc);
+  dnnl::memory::desc w_any({co, ci, kh, kw}, type, tag::any);
+  dnnl::memory::desc w_user({co, ci, kh, kw}, type, tag::hwio);
   dnnl::memory::dims strides{g.sh, g.sw}, pad_l{g.pt, g.pl}, pad_r{g.pb, g.pr};
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
@@ -95,7 +97,7 @@ dnnl::memory Weights(const dnnl::memory::desc& want, const dnnl::memory& user, d
 // Runs a primitive that reads the user's HWIO kernel `w` (forward, input gradient): the kernel
 // in the layout the primitive wants, then `args` and this call's scratchpad.
 ffi::Error RunWithKernel(const dnnl::primitive& p, const dnnl::memory::desc& want,
-                         const dnnl::memory::desc& scratchpad, const Conv& c, float* w,
+                         const dnnl::memory::desc& scratchpad, const Conv& c, void* w,
                          std::unordered_map<int, dnnl::memory> args) {
   dnnl::stream s(Engine());
   args[DNNL_ARG_WEIGHTS] = Weights(want, dnnl::memory(c.w_user, Engine(), w), s);
@@ -105,36 +107,45 @@ ffi::Error RunWithKernel(const dnnl::primitive& p, const dnnl::memory::desc& wan
   return ffi::Error::Success();
 }
 
-ffi::Error FwdImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> w,
-                   ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-                   int64_t pb, int64_t pl, int64_t pr) {
+template <ffi::DataType T>
+constexpr dt Dnnl() {
+  static_assert(T == ffi::F32 || T == ffi::BF16);
+  return T == ffi::F32 ? dt::f32 : dt::bf16;
+}
+
+template <ffi::DataType T>
+ffi::Error FwdImpl(ffi::Buffer<T> x, ffi::Buffer<T> w, ffi::ResultBuffer<T> y, int64_t sh,
+                   int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   auto xd = x.dimensions(), wd = w.dimensions();
-  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
+  Conv& c = Get(Dnnl<T>(), xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1],
+                {sh, sw, pt, pb, pl, pr});
   return RunWithKernel(c.fwd, c.fwd_pd.weights_desc(), c.fwd_pd.scratchpad_desc(), c,
-                       w.typed_data(),
-                       {{DNNL_ARG_SRC, dnnl::memory(c.src, Engine(), x.typed_data())},
-                        {DNNL_ARG_DST, dnnl::memory(c.dst, Engine(), y->typed_data())}});
+                       w.untyped_data(),
+                       {{DNNL_ARG_SRC, dnnl::memory(c.src, Engine(), x.untyped_data())},
+                        {DNNL_ARG_DST, dnnl::memory(c.dst, Engine(), y->untyped_data())}});
 }
 
-ffi::Error BwdDataImpl(ffi::Buffer<ffi::F32> g, ffi::Buffer<ffi::F32> w,
-                       ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw, int64_t pt,
-                       int64_t pb, int64_t pl, int64_t pr) {
+template <ffi::DataType T>
+ffi::Error BwdDataImpl(ffi::Buffer<T> g, ffi::Buffer<T> w, ffi::ResultBuffer<T> dx, int64_t sh,
+                       int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   auto xd = dx->dimensions(), wd = w.dimensions();
-  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
+  Conv& c = Get(Dnnl<T>(), xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1],
+                {sh, sw, pt, pb, pl, pr});
   return RunWithKernel(c.bwd_data, c.bwd_data_pd.weights_desc(),
-                       c.bwd_data_pd.scratchpad_desc(), c, w.typed_data(),
-                       {{DNNL_ARG_DIFF_DST, dnnl::memory(c.dst, Engine(), g.typed_data())},
-                        {DNNL_ARG_DIFF_SRC, dnnl::memory(c.src, Engine(), dx->typed_data())}});
+                       c.bwd_data_pd.scratchpad_desc(), c, w.untyped_data(),
+                       {{DNNL_ARG_DIFF_DST, dnnl::memory(c.dst, Engine(), g.untyped_data())},
+                        {DNNL_ARG_DIFF_SRC, dnnl::memory(c.src, Engine(), dx->untyped_data())}});
 }
 
-ffi::Error WgradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
-                     ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw, int64_t pt,
-                     int64_t pb, int64_t pl, int64_t pr) {
+template <ffi::DataType T>
+ffi::Error WgradImpl(ffi::Buffer<T> x, ffi::Buffer<T> g, ffi::ResultBuffer<T> dw, int64_t sh,
+                     int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
   auto xd = x.dimensions(), wd = dw->dimensions();
-  Conv& c = Get(xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1], {sh, sw, pt, pb, pl, pr});
+  Conv& c = Get(Dnnl<T>(), xd[0], xd[1], xd[2], xd[3], wd[3], wd[0], wd[1],
+                {sh, sw, pt, pb, pl, pr});
   dnnl::stream s(Engine());
-  dnnl::memory src(c.src, Engine(), x.typed_data()), ddst(c.dst, Engine(), g.typed_data());
-  dnnl::memory wu(c.w_user, Engine(), dw->typed_data());
+  dnnl::memory src(c.src, Engine(), x.untyped_data()), ddst(c.dst, Engine(), g.untyped_data());
+  dnnl::memory wu(c.w_user, Engine(), dw->untyped_data());
   bool reorder = c.bwd_w_pd.diff_weights_desc() != c.w_user;
   dnnl::memory wm = reorder ? dnnl::memory(c.bwd_w_pd.diff_weights_desc(), Engine()) : wu;
   c.bwd_w.execute(s, {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, ddst},
@@ -146,17 +157,20 @@ ffi::Error WgradImpl(ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> g,
 }
 }  // namespace
 
-#define BIND                                                                         \
+#define BIND(T)                                                                      \
   ffi::Ffi::Bind()                                                                   \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                  \
-      .Arg<ffi::Buffer<ffi::F32>>()                                                  \
-      .Ret<ffi::Buffer<ffi::F32>>()                                                  \
+      .Arg<ffi::Buffer<T>>()                                                         \
+      .Arg<ffi::Buffer<T>>()                                                         \
+      .Ret<ffi::Buffer<T>>()                                                         \
       .Attr<int64_t>("stride_h")                                                     \
       .Attr<int64_t>("stride_w")                                                     \
       .Attr<int64_t>("pad_top")                                                      \
       .Attr<int64_t>("pad_bottom")                                                   \
       .Attr<int64_t>("pad_left")                                                     \
       .Attr<int64_t>("pad_right")
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvFwd, FwdImpl, BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvBwdData, BwdDataImpl, BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvWgrad, WgradImpl, BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvFwd, FwdImpl<ffi::F32>, BIND(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvBwdData, BwdDataImpl<ffi::F32>, BIND(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvWgrad, WgradImpl<ffi::F32>, BIND(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvFwdBF16, FwdImpl<ffi::BF16>, BIND(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvBwdDataBF16, BwdDataImpl<ffi::BF16>, BIND(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvWgradBF16, WgradImpl<ffi::BF16>, BIND(ffi::BF16));
