@@ -116,7 +116,8 @@ def default_config() -> ml_collections.ConfigDict:
   # float16; parameters stay float32.
   c.model.dtype = "auto"
   # Convolutions: auto (onednn where it can run, else xla); xla; onednn (CPUs: the float32
-  # convolutions, depthwise ones excepted, by oneDNN, which needs its wheels, in the default
+  # convolutions, and bfloat16 ones where the CPU has bfloat16 instructions, depthwise ones
+  # excepted, by oneDNN, which needs its wheels, in the default
   # install on x86-64 Linux, and a C++ compiler; see BUILD.md's performance notes); or patches
   # (weight gradient as one im2col matmul)
   c.model.conv_impl = "auto"

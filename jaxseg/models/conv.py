@@ -3,8 +3,9 @@ XLA's CPU backend runs faster than its own: 3-D convolutions as sums of 2-D ones
 depthwise convolutions as shifted sums (`depthwise_conv`) and the 1x1 head's weight gradient as
 one reduction (`pointwise_conv`).
 
-With `impl="onednn"` the float32 convolutions run on CPUs as oneDNN's (jaxseg.models.onednn: a
-compiled extension; grouped ones stay XLA's). `impl="auto"`, the default, is "onednn"
+With `impl="onednn"` the float32 convolutions run on CPUs as oneDNN's, and the bfloat16 ones
+on CPUs with bfloat16 instructions (jaxseg.models.onednn: a compiled extension; grouped ones
+stay XLA's). `impl="auto"`, the default, is "onednn"
 where oneDNN can run and "xla" where it cannot (or on other backends).
 
 With `impl="patches"` the forward pass and the input gradient stay XLA convolutions and the
