@@ -134,11 +134,13 @@ def _matmuls(dtype) -> dict:
   """n x n matmul forms to time: XLA's dot and, on CPUs where oneDNN's convolutions run for this
   dtype, the same product as oneDNN's 1x1 convolution (bfloat16 on AMX: several times XLA's
   dot, so that a peak from XLA's alone would put a model's MFU over 100 %)."""
+  from jaxseg.models import conv, onednn  # here: jaxseg.models imports this module
+
   forms = {"XLA": lambda a: a @ a}
-  from jaxseg.models import conv, onednn  # noqa: PLC0415 (models import this module)
-  a = jax.ShapeDtypeStruct((1, 8, 1, 8), dtype)
-  if onednn.applies(a, jax.ShapeDtypeStruct((1, 1, 8, 8), dtype), (1, 1), ((0, 0), (0, 0))) \
-     and onednn.usable():
+  rows = jax.ShapeDtypeStruct((1, 8, 1, 8), dtype)
+  kernel = jax.ShapeDtypeStruct((1, 1, 8, 8), dtype)
+  if onednn.applies(rows, kernel, (1, 1), ((0, 0), (0, 0))) and onednn.usable():
+    # a as n rows of one pixel with n channels, times a as a 1x1 kernel of n -> n channels
     forms["oneDNN"] = lambda a: onednn.conv(a[None, :, None], a[None, None], (1, 1),
                                             ((0, 0), (0, 0)), conv.conv_nd)
   return forms

@@ -2,8 +2,9 @@
 // kernel size, stride and padding, attributes stride_h, stride_w, pad_top, pad_bottom, pad_left,
 // pad_right) by oneDNN, the library under PyTorch's CPU convolutions, as three XLA FFI handlers
 // per dtype: forward, input gradient, weight gradient (bfloat16 ones named ...BF16; oneDNN
-// accumulates in float32 and, on CPUs with AMX, runs them on its tile units). jaxseg/models/onednn.py compiles it on first use and
-// registers the handlers; XLA's CPU convolutions ran the UNet's layers 1.2-2.8x slower
+// accumulates in float32 and, on CPUs with AMX, runs them on its tile units).
+// jaxseg/models/onednn.py compiles it on first use and registers the handlers; XLA's CPU
+// convolutions ran the UNet's layers 1.2-2.8x slower
 // (BUILD.md performance notes). Primitives are built once per shape and cached. XLA may run
 // two of these calls at once (independent instructions; one per device with several CPU
 // devices), so each call passes its own scratchpad: oneDNN's library-managed one is shared
