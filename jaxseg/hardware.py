@@ -40,11 +40,11 @@ def cpu_backend() -> bool:
 
 
 @functools.cache
-def cpu_has_bfloat16() -> bool:
+def cpu_has_bfloat16(cpuinfo: str = "/proc/cpuinfo") -> bool:
   """Whether this machine's CPU has bfloat16 arithmetic (x86's AVX-512 BF16 or AMX-BF16 flags in
-  /proc/cpuinfo), which oneDNN's fast bfloat16 convolutions need; False where unknown."""
+  `cpuinfo`), which oneDNN's fast bfloat16 convolutions need; False where unknown."""
   try:
-    with open("/proc/cpuinfo") as f:
+    with open(cpuinfo) as f:
       flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
   except OSError:
     return False

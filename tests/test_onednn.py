@@ -142,19 +142,14 @@ def test_bfloat16_stays_xla_on_cpus_without_bfloat16_instructions(monkeypatch):
   assert onednn.applies(x, w, (1, 1), SAME)
 
 
-def test_cpu_bfloat16_flags_are_read_from_cpuinfo(monkeypatch, tmp_path):
-  import builtins
-  real_open = builtins.open
-  for flags, expected in (("fpu avx2 avx512f", False), ("fpu avx512f avx512_bf16", True),
-                          ("fpu amx_bf16 amx_tile", True)):
-    info = tmp_path / "cpuinfo"
+def test_cpu_bfloat16_flags_are_read_from_cpuinfo(tmp_path):
+  for i, (flags, expected) in enumerate((("fpu avx2 avx512f", False),
+                                         ("fpu avx512f avx512_bf16", True),
+                                         ("fpu amx_bf16 amx_tile", True))):
+    info = tmp_path / f"cpuinfo{i}"
     info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
-    monkeypatch.setattr(builtins, "open", lambda path, *a, info=info, **k: real_open(
-        info if path == "/proc/cpuinfo" else path, *a, **k))
-    hardware.cpu_has_bfloat16.cache_clear()
-    assert hardware.cpu_has_bfloat16() == expected, flags
-  monkeypatch.setattr(builtins, "open", real_open)
-  hardware.cpu_has_bfloat16.cache_clear()
+    assert hardware.cpu_has_bfloat16(str(info)) == expected, flags
+  assert not hardware.cpu_has_bfloat16(str(tmp_path / "missing"))  # unknown: no
 
 
 def test_missing_pieces_are_named(monkeypatch):

@@ -42,4 +42,3 @@ def test_tiny_run_writes_a_row_per_process_under_each_delay(tmp_path):
         sum(w["thp_faults"] for w in windows) / 4)
     assert all(s["s"] > 0 and s["sys_s"] >= 0 and s["thp_faults"] >= 0 for s in synced)
   assert "| 250 (250) |" in json_path.with_suffix(".md").read_text()
-
