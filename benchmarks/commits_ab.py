@@ -5,10 +5,11 @@ that layers_ab.py has no switch for (a change to the train step itself, say).
 
   .venv/bin/python benchmarks/commits_ab.py --before=HEAD --models=unet:32:128,resunet:32:128
   .venv/bin/python benchmarks/commits_ab.py --before=e834657 --models=unext:16:256 --pairs=4
+  .venv/bin/python benchmarks/commits_ab.py --before=HEAD --dtype=bfloat16
 
 Each model is NAME:FEATURES:SIZE (a registry name, model.features, the square input side). Both
 sides run the default configuration of their own code, batch --batch, in the same Python
-environment (this one's). Writes results/commits_ab-DATE-HHMM-DEVICE-BEFORE.{md,json} (UTC).
+environment (this one's), in model.dtype --dtype. Writes results/commits_ab-DATE-HHMM-DEVICE-BEFORE.{md,json} (UTC).
 """
 
 import datetime
@@ -30,6 +31,7 @@ _MODELS = flags.DEFINE_list("models", ["unet:32:128"], "NAME:FEATURES:SIZE, ..."
 _BATCH = flags.DEFINE_integer("batch", 8, "batch size")
 _STEPS = flags.DEFINE_integer("steps", 10, "timed steps per measurement (after 2 warm-up steps)")
 _PAIRS = flags.DEFINE_integer("pairs", 3, "before / after measurements per model, alternating")
+_DTYPE = flags.DEFINE_string("dtype", "auto", "model.dtype on both sides (auto, float32, bfloat16)")
 _OUT = flags.DEFINE_string("out", os.path.join(os.path.dirname(__file__), "results"), "folder")
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,9 +42,9 @@ import json, sys
 import jax
 from jaxseg.bench import bench_step
 from jaxseg.config import default_config
-name, features, size, batch, steps = json.loads(sys.argv[1])
+name, features, size, batch, steps, dtype = json.loads(sys.argv[1])
 c = default_config()
-c.model.name, c.model.features = name, features
+c.model.name, c.model.features, c.model.dtype = name, features, dtype
 c.data.image_size, c.data.batch_size = size, batch
 ms = bench_step(c, steps=steps, warmup=2)["ms_per_step"]
 print(json.dumps({"ms": ms, "device": jax.devices()[0].device_kind}))
@@ -76,7 +78,7 @@ def main(argv):
   date, started = datetime.datetime.now(datetime.UTC), result_files.started()
   meta = {"date": date.strftime("%Y-%m-%d %H:%M UTC"), "before": before, "after": after,
           "command": " ".join(sys.argv), "batch": _BATCH.value, "steps": _STEPS.value,
-          "pairs": _PAIRS.value}
+          "pairs": _PAIRS.value, "dtype": _DTYPE.value}
   header = ["model", "features", "input", "before ms/step (best)", "after ms/step (best)",
             "speed-up", "before, each", "after, each"]
   rows, records = [], []
@@ -85,7 +87,7 @@ def main(argv):
     _git("worktree", "add", "--detach", worktree, before)
     try:
       for model in _MODELS.value:
-        spec = _parse(model) + [_BATCH.value, _STEPS.value]
+        spec = _parse(model) + [_BATCH.value, _STEPS.value, _DTYPE.value]
         ms = {"before": [], "after": []}
         for _ in range(_PAIRS.value):
           for side, tree in (("before", worktree), ("after", _REPO)):
@@ -100,7 +102,7 @@ def main(argv):
         print(f"{model}: {b:.0f} -> {a:.0f} ms ({b / a:.3f}x)", flush=True)
         markdown = (f"# {before} (before) against {after} (after), {meta['device']} "
                     f"({result_files.host_cpu()}), "
-                    f"{meta['date']}\n\n`{meta['command']}`; batch {_BATCH.value}, "
+                    f"{meta['date']}\n\n`{meta['command']}`; model.dtype {_DTYPE.value}, batch {_BATCH.value}, "
                     f"{_STEPS.value} timed steps per fresh process, {_PAIRS.value} alternating "
                     "pairs, best of each side.\n\n" + result_files.table(header, rows))
         path = result_files.stem(_OUT.value, "commits_ab", started, meta["device"], before)

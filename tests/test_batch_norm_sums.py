@@ -56,6 +56,29 @@ def test_native_sums_equal_xla_reductions(usable, monkeypatch, act, shape):
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.parametrize("act", [None, "relu", "silu"])
+def test_bfloat16_inputs_take_the_native_sums_too(usable, monkeypatch, act):
+  """bfloat16 inputs (model.dtype=bfloat16) go to the ...BF16 handlers, which sum their values
+  in float32 as XLA's reductions do after the cast: the float32 statistics and weight gradients
+  equal XLA's, the bfloat16 output and input gradient within one bfloat16 step."""
+  shape = (3, 16, 16, 24)
+  z = (3 * jax.random.normal(jax.random.key(0), shape) + 2).astype(jnp.bfloat16)
+  scale, bias = jnp.linspace(-1.5, 2.0, 24), jnp.linspace(-0.3, 0.4, 24)
+  cot = jax.random.normal(jax.random.key(1), shape).astype(jnp.bfloat16)
+  text = _lowered(z, scale, bias, act)
+  assert "jaxseg_BatchNormStatsBF16" in text and "jaxseg_BatchNormGradientSumsBF16" in text
+  (stats, grads) = _gradients(z, scale, bias, act, cot)
+  monkeypatch.setattr(batch_norm, "native_sums_usable", lambda: False)
+  assert "jaxseg_BatchNorm" not in _lowered(z, scale, bias, act)
+  stats_ref, grads_ref = _gradients(z, scale, bias, act, cot)
+  for a, b in zip((*stats, *grads[1:]), (*stats_ref, *grads_ref[1:]), strict=True):
+    assert a.dtype == jnp.float32
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
+  assert grads[0].dtype == jnp.bfloat16
+  dz, dz_ref = np.asarray(grads[0], np.float32), np.asarray(grads_ref[0], np.float32)
+  np.testing.assert_allclose(dz, dz_ref, rtol=2 ** -7, atol=2 ** -7 * np.abs(dz_ref).max())
+
+
 def test_native_sums_are_accurate_over_many_rows(usable):
   """A million rows per channel, far from zero mean: the statistics and the weight gradients
   against float64 sums (each block of rows is summed in float32, the blocks in double)."""

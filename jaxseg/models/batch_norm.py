@@ -8,9 +8,9 @@ tensor) and runs the backward pass in several full-resolution passes. Here each 
 reads its input twice (the statistics, then the output) and writes only the output; each
 backward pass recomputes what it needs from the saved input (see each op for its passes).
 
-On CPUs, float32 batch norms take their full-resolution sums from jaxseg/native/
-batch_norm_sums.cc, each one pass over its inputs, where that library builds (else XLA's
-reductions; both under a sharded batch: the devices' partial sums are added).
+On CPUs, float32 and bfloat16 batch norms take their full-resolution sums (float32) from
+jaxseg/native/batch_norm_sums.cc, each one pass over its inputs, where that library builds (else
+XLA's reductions; both under a sharded batch: the devices' partial sums are added).
 """
 
 import functools
@@ -35,15 +35,20 @@ def native_sums_usable() -> bool:
   so); where not, logs why once."""
   try:
     native.register(native.build("batch_norm_sums.cc"), "jaxseg_",
-                    ("BatchNormStats", "BatchNormGradientSums"))
+                    ("BatchNormStats", "BatchNormGradientSums", "BatchNormStatsBF16",
+                     "BatchNormGradientSumsBF16"))
   except native.Unavailable as e:
     logging.info("batch norm: XLA's reductions, as the native sums cannot run here: %s", e)
     return False
   return True
 
 
+NATIVE_DTYPES = {jnp.dtype(jnp.float32): "", jnp.dtype(jnp.bfloat16): "BF16"}  # call suffixes
+
+
 def _native_sums(z) -> bool:
-  return cpu_backend() and z.dtype == jnp.float32 and z.ndim >= 2 and native_sums_usable()
+  return (cpu_backend() and z.dtype in NATIVE_DTYPES and z.ndim >= 2
+          and native_sums_usable())
 
 
 def _per_channel_pair(z):
@@ -52,11 +57,13 @@ def _per_channel_pair(z):
 
 
 def _stats_call(z, static):
-  return jax.ffi.ffi_call("jaxseg_BatchNormStats", _per_channel_pair(z))(z)
+  return jax.ffi.ffi_call(f"jaxseg_BatchNormStats{NATIVE_DTYPES[z.dtype]}",
+                          _per_channel_pair(z))(z)
 
 
 def _gradient_sums_call(z, g, mean, mul, bias, act):
-  return jax.ffi.ffi_call("jaxseg_BatchNormGradientSums", _per_channel_pair(z))(
+  return jax.ffi.ffi_call(f"jaxseg_BatchNormGradientSums{NATIVE_DTYPES[z.dtype]}",
+                          _per_channel_pair(z))(
       z, g, mean, mul, bias, act=np.int64(ACTIVATIONS.index(act)))
 
 

@@ -4,7 +4,8 @@
 // sums of the gradient and of the gradient times the centred input, as separate reductions,
 // each reading the full-resolution tensors again (BUILD.md performance notes).
 //
-// Every input is read as [rows, channels] (channels last). Each thread sums blocks of rows into
+// Inputs are float32 or bfloat16, sums float32. Every input is read as [rows, channels]
+// (channels last). Each thread sums blocks of rows into
 // float partial sums per channel, vectorised along the channels, and adds each block's partial
 // sums into double totals: float32 rounding over at most kBlock rows, whatever the batch size.
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -35,38 +37,49 @@ constexpr int64_t kBlock = 64;
 // input y multiplies the output gradient.
 enum Act : int64_t { kNone = 0, kRelu = 1, kSilu = 2 };
 
+// An input element as float: float32 as is, bfloat16 (XLA FFI's uint16_t) as the top half of
+// a float32's bits.
+inline float Load(float v) { return v; }
+inline float Load(uint16_t v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
 // One block of rows [begin, end), added to the float partial sums s0, s1 (zeroed by the
 // caller) of two per-element terms:
-//   StatsBlock:     z, z * z
-//   GradientBlock:  dy, dy * (z - mean), with dy = act'(y) * g and y = (z - mean) * mul + bias.
+//   StatsRows:     z, z * z
+//   GradientRows:  dy, dy * (z - mean), with dy = act'(y) * g and y = (z - mean) * mul + bias.
 // __restrict: the sums never alias the inputs (without it GCC versions each loop on run-time
 // overlap checks, and the gradient's seven pointers took its scalar path: 49 ms for what now
-// takes 4, 8 x 256^2 x 32). Clones, not -march=native: the cached library may be shared by
-// machines with different CPUs.
-JAXSEG_CLONES
-void StatsBlock(const float* __restrict z, int64_t begin, int64_t end, int64_t c,
-                float* __restrict s0, float* __restrict s1) {
+// takes 4, 8 x 256^2 x 32). The templates are instantiated inside the cloned functions below,
+// one vectorised copy per instruction set. Clones, not -march=native: the cached library may
+// be shared by machines with different CPUs.
+template <typename T>
+inline void StatsRows(const T* __restrict z, int64_t begin, int64_t end, int64_t c,
+                      float* __restrict s0, float* __restrict s1) {
   for (int64_t r = begin; r < end; ++r) {
-    const float* row = z + r * c;
+    const T* row = z + r * c;
     for (int64_t k = 0; k < c; ++k) {
-      float v = row[k];
+      float v = Load(row[k]);
       s0[k] += v;
       s1[k] += v * v;
     }
   }
 }
 
-template <int64_t kAct>
-inline void GradientRows(const float* __restrict z, const float* __restrict g,
+template <int64_t kAct, typename T>
+inline void GradientRows(const T* __restrict z, const T* __restrict g,
                          const float* __restrict mean, const float* __restrict mul,
                          const float* __restrict bias, int64_t begin, int64_t end, int64_t c,
                          float* __restrict s0, float* __restrict s1) {
   for (int64_t r = begin; r < end; ++r) {
-    const float* zr = z + r * c;
-    const float* gr = g + r * c;
+    const T* zr = z + r * c;
+    const T* gr = g + r * c;
     for (int64_t k = 0; k < c; ++k) {
-      float centred = zr[k] - mean[k];
-      float dy = gr[k];
+      float centred = Load(zr[k]) - mean[k];
+      float dy = Load(gr[k]);
       if constexpr (kAct == kRelu) {
         dy = centred * mul[k] + bias[k] > 0.0f ? dy : 0.0f;
       } else if constexpr (kAct == kSilu) {
@@ -80,11 +93,11 @@ inline void GradientRows(const float* __restrict z, const float* __restrict g,
   }
 }
 
-JAXSEG_CLONES
-void GradientBlock(const float* __restrict z, const float* __restrict g,
-                   const float* __restrict mean, const float* __restrict mul,
-                   const float* __restrict bias, int64_t act, int64_t begin, int64_t end,
-                   int64_t c, float* __restrict s0, float* __restrict s1) {
+template <typename T>
+inline void GradientSwitch(const T* __restrict z, const T* __restrict g,
+                           const float* __restrict mean, const float* __restrict mul,
+                           const float* __restrict bias, int64_t act, int64_t begin,
+                           int64_t end, int64_t c, float* __restrict s0, float* __restrict s1) {
   // One loop per activation, so that each vectorises without a branch per element.
   if (act == kRelu) {
     GradientRows<kRelu>(z, g, mean, mul, bias, begin, end, c, s0, s1);
@@ -94,6 +107,22 @@ void GradientBlock(const float* __restrict z, const float* __restrict g,
     GradientRows<kNone>(z, g, mean, mul, bias, begin, end, c, s0, s1);
   }
 }
+
+// The cloned entry points, one per input type (GCC clones functions, not templates).
+#define JAXSEG_BLOCKS(T)                                                                      \
+  JAXSEG_CLONES void StatsBlock(const T* z, int64_t begin, int64_t end, int64_t c, float* s0, \
+                                float* s1) {                                                  \
+    StatsRows(z, begin, end, c, s0, s1);                                                      \
+  }                                                                                           \
+  JAXSEG_CLONES void GradientBlock(const T* z, const T* g, const float* mean,                 \
+                                   const float* mul, const float* bias, int64_t act,          \
+                                   int64_t begin, int64_t end, int64_t c, float* s0,          \
+                                   float* s1) {                                               \
+    GradientSwitch(z, g, mean, mul, bias, act, begin, end, c, s0, s1);                        \
+  }
+JAXSEG_BLOCKS(float)
+JAXSEG_BLOCKS(uint16_t)
+#undef JAXSEG_BLOCKS
 
 // What the threads of one call share. Held by shared_ptr: a helper task that XLA's pool starts
 // only after the call has returned finds no blocks left and touches nothing else.
@@ -149,16 +178,18 @@ void Reduce(ffi::ThreadPool& pool, int64_t rows, int64_t c, float* out0, float* 
 
 int64_t Channels(const ffi::AnyBuffer::Dimensions& d) { return d.size() == 0 ? 1 : d.back(); }
 
-ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::ResultBuffer<ffi::F32> sum,
+template <ffi::DataType T>
+ffi::Error StatsImpl(ffi::ThreadPool pool, ffi::Buffer<T> z, ffi::ResultBuffer<ffi::F32> sum,
                      ffi::ResultBuffer<ffi::F32> sum_sq) {
   int64_t c = Channels(z.dimensions()), rows = z.element_count() / c;
-  const float* zp = z.typed_data();
+  const auto* zp = z.typed_data();
   Reduce(pool, rows, c, sum->typed_data(), sum_sq->typed_data(),
          [=](int64_t b, int64_t e, float* s0, float* s1) { StatsBlock(zp, b, e, c, s0, s1); });
   return ffi::Error::Success();
 }
 
-ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buffer<ffi::F32> g,
+template <ffi::DataType T>
+ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<T> z, ffi::Buffer<T> g,
                         ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> mul,
                         ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> sum_dy,
                         ffi::ResultBuffer<ffi::F32> sum_dy_centred, int64_t act) {
@@ -166,7 +197,7 @@ ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buff
     return ffi::Error(ffi::ErrorCode::kInvalidArgument, "batch norm sums: unknown activation");
   }
   int64_t c = Channels(z.dimensions()), rows = z.element_count() / c;
-  const float *zp = z.typed_data(), *gp = g.typed_data();
+  const auto *zp = z.typed_data(), *gp = g.typed_data();
   const float *mp = mean.typed_data(), *up = mul.typed_data(), *bp = bias.typed_data();
   Reduce(pool, rows, c, sum_dy->typed_data(), sum_dy_centred->typed_data(),
          [=](int64_t b, int64_t e, float* s0, float* s1) {
@@ -176,20 +207,28 @@ ffi::Error GradientImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> z, ffi::Buff
 }
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormStats, StatsImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>());
-XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormGradientSums, GradientImpl,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("act"));
+// float32 inputs (BatchNormStats, BatchNormGradientSums) and bfloat16 ones (...BF16); the sums,
+// and the per-channel vectors, are float32 either way.
+#define STATS_BIND(T)               \
+  ffi::Ffi::Bind()                  \
+      .Ctx<ffi::ThreadPool>()       \
+      .Arg<ffi::Buffer<T>>()        \
+      .Ret<ffi::Buffer<ffi::F32>>() \
+      .Ret<ffi::Buffer<ffi::F32>>()
+#define GRADIENT_BIND(T)            \
+  ffi::Ffi::Bind()                  \
+      .Ctx<ffi::ThreadPool>()       \
+      .Arg<ffi::Buffer<T>>()        \
+      .Arg<ffi::Buffer<T>>()        \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Arg<ffi::Buffer<ffi::F32>>() \
+      .Ret<ffi::Buffer<ffi::F32>>() \
+      .Ret<ffi::Buffer<ffi::F32>>() \
+      .Attr<int64_t>("act")
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormStats, StatsImpl<ffi::F32>, STATS_BIND(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormGradientSums, GradientImpl<ffi::F32>,
+                              GRADIENT_BIND(ffi::F32));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormStatsBF16, StatsImpl<ffi::BF16>, STATS_BIND(ffi::BF16));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BatchNormGradientSumsBF16, GradientImpl<ffi::BF16>,
+                              GRADIENT_BIND(ffi::BF16));
