@@ -1,6 +1,7 @@
-"""Batch norm's native full-resolution sums on CPUs (jaxseg/native/batch_norm_sums.cc through
-jaxseg.models.batch_norm): the same statistics and gradients as XLA's reductions, one pass,
-under a sharded batch too, and XLA's reductions where the library cannot be built."""
+"""The native per-channel sums on CPUs (jaxseg/native/batch_norm_sums.cc through
+jaxseg.models.native_sums), in batch norm and in the bias gradient (conv.add_bias): the same
+statistics and gradients as XLA's reductions, one pass, under a sharded batch too, and XLA's
+reductions where the library cannot be built."""
 
 import functools
 import os
@@ -13,12 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxseg.models import batch_norm, native
+from jaxseg.models import batch_norm, native, native_sums
+from jaxseg.models.conv import add_bias
 
 
 @pytest.fixture(scope="module")
 def usable():
-  if not batch_norm.native_sums_usable():  # no C++ compiler on this machine
+  if not native_sums.native_sums_usable():  # no C++ compiler on this machine
     pytest.skip("the native batch-norm sums cannot be built here")
 
 
@@ -49,7 +51,7 @@ def test_native_sums_equal_xla_reductions(usable, monkeypatch, act, shape):
   text = _lowered(z, scale, bias, act)
   assert "jaxseg_BatchNormStats" in text and "jaxseg_BatchNormGradientSums" in text
   native_result = _gradients(z, scale, bias, act, cot)
-  monkeypatch.setattr(batch_norm, "native_sums_usable", lambda: False)
+  monkeypatch.setattr(native_sums, "native_sums_usable", lambda: False)
   assert "jaxseg_BatchNorm" not in _lowered(z, scale, bias, act)
   xla_result = _gradients(z, scale, bias, act, cot)
   for a, b in zip(jax.tree.leaves(native_result), jax.tree.leaves(xla_result), strict=True):
@@ -68,7 +70,7 @@ def test_bfloat16_inputs_take_the_native_sums_too(usable, monkeypatch, act):
   text = _lowered(z, scale, bias, act)
   assert "jaxseg_BatchNormStatsBF16" in text and "jaxseg_BatchNormGradientSumsBF16" in text
   (stats, grads) = _gradients(z, scale, bias, act, cot)
-  monkeypatch.setattr(batch_norm, "native_sums_usable", lambda: False)
+  monkeypatch.setattr(native_sums, "native_sums_usable", lambda: False)
   assert "jaxseg_BatchNorm" not in _lowered(z, scale, bias, act)
   stats_ref, grads_ref = _gradients(z, scale, bias, act, cot)
   for a, b in zip((*stats, *grads[1:]), (*stats_ref, *grads_ref[1:]), strict=True):
@@ -77,6 +79,33 @@ def test_bfloat16_inputs_take_the_native_sums_too(usable, monkeypatch, act):
   assert grads[0].dtype == jnp.bfloat16
   dz, dz_ref = np.asarray(grads[0], np.float32), np.asarray(grads_ref[0], np.float32)
   np.testing.assert_allclose(dz, dz_ref, rtol=2 ** -7, atol=2 ** -7 * np.abs(dz_ref).max())
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("channels", [1, 24])
+def test_bias_gradient_is_the_channel_sums(usable, monkeypatch, dtype, channels):
+  """add_bias's gradients: the output gradient itself, and its float32 sum per channel, native
+  (a stats call) for bfloat16 where the channels fill a vector, else XLA's reduction."""
+  y = jax.random.normal(jax.random.key(0), (3, 10, 12, channels)).astype(dtype)
+  bias = jnp.linspace(-1.0, 1.0, channels)
+  cot = (3 * jax.random.normal(jax.random.key(1), y.shape) + 1).astype(dtype)
+
+  def grads():  # a fresh function each time, so that jit traces it again after the patch
+    def outputs_and_vjp(y, bias):
+      out, vjp = jax.vjp(add_bias, y, bias)
+      return out, *vjp(cot)
+    return jax.jit(outputs_and_vjp)
+  out, g_y, g_bias = grads()(y, bias)
+  assert out.dtype == dtype and g_y.dtype == dtype and g_bias.dtype == jnp.float32
+  np.testing.assert_array_equal(out, y + bias.astype(dtype))
+  np.testing.assert_array_equal(g_y, cot)
+  expected = np.asarray(cot, np.float64).sum((0, 1, 2))
+  np.testing.assert_allclose(g_bias, expected, rtol=1e-5, atol=1e-4)
+  native = dtype == jnp.bfloat16 and channels >= 8
+  assert ("jaxseg_BatchNormStats" in grads().lower(y, bias).as_text()) == native
+  monkeypatch.setattr(native_sums, "native_sums_usable", lambda: False)
+  assert "jaxseg_BatchNorm" not in grads().lower(y, bias).as_text()
+  np.testing.assert_allclose(grads()(y, bias)[2], expected, rtol=1e-5, atol=1e-4)
 
 
 def test_native_sums_are_accurate_over_many_rows(usable):
@@ -104,8 +133,8 @@ def test_xla_reductions_where_the_library_cannot_be_built(monkeypatch):
   with pytest.raises(native.Unavailable, match="no C\\+\\+ compiler"):
     native.build("batch_norm_sums.cc")
   # A fresh, uncached copy: this process may have built and registered the library already.
-  monkeypatch.setattr(batch_norm, "native_sums_usable",
-                      functools.cache(batch_norm.native_sums_usable.__wrapped__))
+  monkeypatch.setattr(native_sums, "native_sums_usable",
+                      functools.cache(native_sums.native_sums_usable.__wrapped__))
   z = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
   scale, bias = jnp.array([1.0, -0.5, 2.0, 0.3]), jnp.zeros(4)
   assert "custom_call" not in _lowered(z, scale, bias, "relu")
@@ -116,7 +145,7 @@ def test_xla_reductions_where_the_library_cannot_be_built(monkeypatch):
 _SHARDED = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-from jaxseg.models import batch_norm
+from jaxseg.models import batch_norm, native_sums
 mesh = Mesh(jax.devices(), ("data",))
 z = 2 * jax.random.normal(jax.random.key(0), (4, 8, 8, 16)) + 1
 scale, bias = jnp.linspace(-1, 1, 16), jnp.linspace(0, 0.5, 16)
@@ -128,7 +157,7 @@ step = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))
 zs, cots = (jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (z, cot))
 hlo = step.lower(zs, scale, bias, cots).compile().as_text()
 (_, stats), grads = step(zs, scale, bias, cots)
-batch_norm.native_sums_usable = lambda: False
+native_sums.native_sums_usable = lambda: False
 (_, stats_ref), grads_ref = jax.jit(jax.value_and_grad(loss, (0, 1, 2), has_aux=True))(
     z, scale, bias, cot)
 for a, b in zip(jax.tree.leaves((stats, grads)), jax.tree.leaves((stats_ref, grads_ref))):

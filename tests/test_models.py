@@ -460,22 +460,52 @@ def test_norm_then_max_pool_or_relu_keeps_variables_and_values(kind):
     norm.apply(v, z, True, act="relu", then_max_pool=True, mutable=["batch_stats"])
 
 
-def test_unext_encoder_conv_bias_gets_no_gradient_and_keeps_its_name():
-  """UNeXt's encoder convolutions keep nn.Conv's kernel and bias (checkpoints unchanged); batch
-  norm in training cancels the bias, so its gradient is exactly zero, as it is analytically."""
+def test_unext_conv_biases_before_batch_norm_get_no_gradient_and_keep_their_names():
+  """UNeXt's encoder and decoder convolutions before a batch norm keep nn.Conv's kernel and bias
+  (checkpoints unchanged); batch norm in training cancels the bias, so its gradient is exactly
+  zero, as it is analytically. The token MLPs keep nn.Dense's names."""
   m = models.build(_unet_cfg(name="unext", features=4), 3, 1)
   v = models.init_variables(m, (32, 32, 3))
-  for i in range(3):
-    assert set(v["params"][f"enc_conv{i}"]) == {"kernel", "bias"}
-    assert set(v["params"][f"enc_bn{i}"]["BatchNorm_0"]) == {"scale", "bias"}
-    assert set(v["batch_stats"][f"enc_bn{i}"]["BatchNorm_0"]) == {"mean", "var"}
+  before_norm = {f"enc_conv{i}": f"enc_bn{i}" for i in range(3)}
+  before_norm.update({f"dec_conv{i}": f"dec_bn{i}" for i in range(4)})
+  for conv, norm in before_norm.items():
+    assert set(v["params"][conv]) == {"kernel", "bias"}
+    assert set(v["params"][norm]["BatchNorm_0"]) == {"scale", "bias"}
+    assert set(v["batch_stats"][norm]["BatchNorm_0"]) == {"mean", "var"}
+  assert set(v["params"]["token_block0"]) == {"Dense_0", "Dense_1", "Conv_0", "LayerNorm_0"}
+  assert set(v["params"]["token_block0"]["Dense_1"]) == {"kernel", "bias"}
   x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3))
   grads = jax.jit(jax.grad(lambda p: (m.apply({**v, "params": p}, x, train=True,
                                               mutable=["batch_stats"])[0] ** 2).mean()))(
       v["params"])
-  for i in range(3):
-    assert not jnp.any(grads[f"enc_conv{i}"]["bias"])
-    assert jnp.any(grads[f"enc_conv{i}"]["kernel"])
+  for conv in before_norm:
+    assert not jnp.any(grads[conv]["bias"]), conv
+    assert jnp.any(grads[conv]["kernel"]), conv
+  assert jnp.any(grads["dec_conv4"]["bias"])  # no norm after it
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dense_is_flax_dense(dtype):
+  """layers.Dense (its bias gradient from conv.add_bias) against nn.Dense with the same
+  variables: values and gradients."""
+  import flax.linen as nn
+  import numpy as np
+
+  from jaxseg.models.layers import Dense
+  x = jax.random.normal(jax.random.key(0), (2, 5, 6, 16))
+  ours, theirs = Dense(24, dtype=dtype), nn.Dense(24, dtype=dtype)
+  v = ours.init(jax.random.key(1), x)
+  assert jax.tree.map(np.shape, v) == jax.tree.map(np.shape, theirs.init(jax.random.key(1), x))
+  v = jax.tree.map(lambda a: a + 0.1, v)  # a nonzero bias
+
+  def value_and_grads(module):
+    f = lambda v, x: (module.apply(v, x).astype(jnp.float32) ** 2).sum()  # noqa: E731
+    return jax.jit(jax.value_and_grad(f, (0, 1)))(v, x)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a, np.float32),
+                                                       np.asarray(b, np.float32),
+                                                       rtol=tol, atol=tol * float(np.abs(b).max())),
+               value_and_grads(ours), value_and_grads(theirs))
 
 
 @pytest.mark.parametrize("shape,kernel,stride,pad", [((2, 9, 11, 5), 3, 1, 1),

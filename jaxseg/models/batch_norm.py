@@ -9,8 +9,8 @@ reads its input twice (the statistics, then the output) and writes only the outp
 backward pass recomputes what it needs from the saved input (see each op for its passes).
 
 On CPUs, float32 and bfloat16 batch norms take their full-resolution sums (float32) from
-jaxseg/native/batch_norm_sums.cc, each one pass over its inputs, where that library builds (else
-XLA's reductions; both under a sharded batch: the devices' partial sums are added).
+models/native_sums.py, each one pass over its inputs, where that library builds (else XLA's
+reductions; both under a sharded batch: the devices' partial sums are added).
 """
 
 import functools
@@ -18,65 +18,11 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from absl import logging
 from jax import lax
 
-from jaxseg.hardware import cpu_backend
-from jaxseg.models import native
+from jaxseg.models import native_sums
+from jaxseg.models.native_sums import ACTIVATIONS
 from jaxseg.models.pooling import _first_hits, _interleave, _pool, max_pool
-
-ACTIVATIONS = (None, "relu", "silu")  # the order is the native sums' activation code
-
-
-@functools.cache
-def native_sums_usable() -> bool:
-  """Whether the native batch-norm sums can run in this process (built and registered now if
-  so); where not, logs why once."""
-  try:
-    native.register(native.build("batch_norm_sums.cc"), "jaxseg_",
-                    ("BatchNormStats", "BatchNormGradientSums", "BatchNormStatsBF16",
-                     "BatchNormGradientSumsBF16"))
-  except native.Unavailable as e:
-    logging.info("batch norm: XLA's reductions, as the native sums cannot run here: %s", e)
-    return False
-  return True
-
-
-NATIVE_DTYPES = {jnp.dtype(jnp.float32): "", jnp.dtype(jnp.bfloat16): "BF16"}  # call suffixes
-
-
-def _native_sums(z) -> bool:
-  return (cpu_backend() and z.dtype in NATIVE_DTYPES and z.ndim >= 2
-          and native_sums_usable())
-
-
-def _per_channel_pair(z):
-  out = jax.ShapeDtypeStruct(z.shape[-1:], jnp.float32)
-  return out, out
-
-
-def _stats_call(z, static):
-  return jax.ffi.ffi_call(f"jaxseg_BatchNormStats{NATIVE_DTYPES[z.dtype]}",
-                          _per_channel_pair(z))(z)
-
-
-def _gradient_sums_call(z, g, mean, mul, bias, act):
-  return jax.ffi.ffi_call(f"jaxseg_BatchNormGradientSums{NATIVE_DTYPES[z.dtype]}",
-                          _per_channel_pair(z))(
-      z, g, mean, mul, bias, act=np.int64(ACTIVATIONS.index(act)))
-
-
-@functools.cache
-def _partitioned_sums(kind: str, ndim: int):
-  """The native call `kind` for inputs of rank `ndim`, batch-partitioned with its sums added
-  across devices (native.batch_partitioned)."""
-  axes = " ".join(["b", *"yxwvu"[:ndim - 2], "c"])
-  if kind == "stats":
-    return native.batch_partitioned(_stats_call, arrays=1, batched=1, sums_batch=True,
-                                    rule=f"{axes} -> c, c")
-  return native.batch_partitioned(_gradient_sums_call, arrays=5, batched=2, sums_batch=True,
-                                  rule=f"{axes}, {axes}, c, c, c -> c, c")
 
 
 def batch_stats(x):
@@ -91,10 +37,10 @@ def batch_stats(x):
 def _forward_stats(x):
   """batch_stats for the ops' forward passes (never differentiated: their gradients are
   hand-written), from the native sums where they run."""
-  if not _native_sums(x):
+  if not native_sums.applies(x):
     return batch_stats(x)
   n = x.size // x.shape[-1]
-  total, total_sq = _partitioned_sums("stats", x.ndim)(x, None)
+  total, total_sq = native_sums.stats(x)
   mean = total / n
   return mean, jnp.maximum(0.0, total_sq / n - mean * mean)
 
@@ -156,9 +102,9 @@ def _batch_norm_act_bwd(epsilon, act, residuals, cotangents):
   z32 = z.astype(jnp.float32)
   mul = rstd * scale
   dy = _activation_gradient((z32 - mean) * mul + bias, g.astype(jnp.float32), act)
-  if _native_sums(z):  # g has z's dtype
+  if native_sums.applies(z):  # g has z's dtype
     # Both sums in one pass over z and g; sum(dy * xhat) = rstd * sum(dy * (z - mean)).
-    d_bias, centred = _partitioned_sums("gradient", z.ndim)(z, g, mean, mul, bias, act)
+    d_bias, centred = native_sums.gradient_sums(z, g, mean, mul, bias, act)
     d_scale = rstd * centred
   else:
     axes = tuple(range(z.ndim - 1))

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxseg.hardware import cpu_backend
-from jaxseg.models import onednn
+from jaxseg.models import native_sums, onednn
 
 IMPLS = ("auto", "xla", "patches", "onednn")
 
@@ -123,6 +123,26 @@ def _patches_weight_gradient(x, w, g, strides, padding):
 conv_patch_grad = with_weight_gradient(_conv, _patches_weight_gradient)
 
 
+@jax.custom_vjp
+def add_bias(y, bias):
+  """y + bias (per channel, channels last) in y's dtype. The bias's gradient, the output
+  gradient summed per channel, is native_sums.channel_sums: on CPUs one float32 pass over a
+  bfloat16 gradient, where XLA's CPU backend first wrote the whole gradient out again in float32,
+  then reduced it (a UNeXt's last decoder conv, 256 px: 7 ms of a 222 ms step)."""
+  return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+  return add_bias(y, bias), bias
+
+
+def _add_bias_bwd(bias, g):
+  return g, native_sums.channel_sums(g).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class Conv(nn.Module):
   """Stride-s convolution ('SAME', or `padding` on each side) with Flax nn.Conv's parameters
   (kernel, bias; same names, shapes and initialisers, so checkpoints do not depend on `impl`).
@@ -166,7 +186,7 @@ class Conv(nn.Module):
     if not self.use_bias:
       return y
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
-    return (y, bias) if self.return_bias else y + bias.astype(self.dtype)
+    return (y, bias) if self.return_bias else add_bias(y, bias)
 
 
 def depthwise_conv(x, kernel, strides, padding, impl: str = "auto"):
@@ -288,6 +308,5 @@ class DepthwiseConv(nn.Module):
     y = depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), (self.strides,) * nd,
                        ((self.padding, self.padding),) * nd, self.impl)
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (channels,), jnp.float32).astype(
-          self.dtype)
+      y = add_bias(y, self.param("bias", nn.initializers.zeros, (channels,), jnp.float32))
     return y

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxseg.models.batch_norm import BatchNorm, activation
-from jaxseg.models.conv import Conv, pointwise_conv, window_views
+from jaxseg.models.conv import Conv, add_bias, pointwise_conv, window_views
 from jaxseg.models.pooling import max_pool
 
 NORMS = ("batch", "group", "instance", "none")
@@ -46,7 +46,7 @@ class Norm(nn.Module):
     if act and then_max_pool:
       raise ValueError(f"Norm: act={act!r} with then_max_pool; apply it after the pool")
     if offset is not None:
-      x = x + offset.astype(x.dtype)
+      x = add_bias(x, offset)
     if self.kind == "group":
       x = nn.GroupNorm(num_groups=min(8, x.shape[-1]), epsilon=1e-5, dtype=self.dtype)(x)
     elif self.kind == "instance":
@@ -105,6 +105,21 @@ class DoubleConv(nn.Module):
     return y + x
 
 
+class Dense(nn.Module):
+  """nn.Dense(features, dtype=dtype) on the last axis, with its parameters (names, shapes,
+  initialisers), whose bias gradient is conv.add_bias's."""
+
+  features: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features),
+                        jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    return add_bias(x.astype(self.dtype) @ kernel.astype(self.dtype), bias)
+
+
 class UpConv(nn.Module):
   """2x2 (2x2x2) stride-2 transposed convolution, written as what it is: one matmul per input
   pixel into its 2x2 output block, then a depth-to-space reshape. Same parameters (names,
@@ -130,7 +145,7 @@ class UpConv(nn.Module):
     # [B, *S, *(2,), F] -> [B, S0, 2, S1, 2, ..., F] -> [B, *2S, F]
     perm = [0] + [p for i in range(nd) for p in (1 + i, 1 + nd + i)] + [1 + 2 * nd]
     y = y.transpose(perm).reshape(x.shape[0], *[2 * n for n in x.shape[1:-1]], self.features)
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias)
 
 
 def up_conv(features: int, x, dtype, name=None):
@@ -205,7 +220,7 @@ class Head(nn.Module):
                         (1,) * nd + (x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
     y = pointwise_conv(x.astype(self.dtype), kernel.astype(self.dtype))
-    return y + bias.astype(self.dtype)
+    return add_bias(y, bias)
 
 
 def head(features: int, x, dtype, name="head"):

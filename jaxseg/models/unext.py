@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxseg.models.conv import Conv, DepthwiseConv
-from jaxseg.models.layers import Norm, head, upsample2_bilinear
+from jaxseg.models.layers import Dense, Norm, head, upsample2_bilinear
 
 SHIFT_GROUPS = 5  # channel groups, shifted by -2..2 pixels
 
@@ -43,10 +43,10 @@ class ShiftedMLPBlock(nn.Module):
   def __call__(self, x):
     dim = x.shape[-1]
     y = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype)(x)
-    y = nn.Dense(dim, dtype=self.dtype)(shift_tokens(y, axis=2))
+    y = Dense(dim, dtype=self.dtype)(shift_tokens(y, axis=2))
     y = DepthwiseConv((3, 3), padding=1, dtype=self.dtype, name="Conv_0")(y)
     y = nn.gelu(y, approximate=False)
-    y = nn.Dense(dim, dtype=self.dtype)(shift_tokens(y, axis=1))
+    y = Dense(dim, dtype=self.dtype)(shift_tokens(y, axis=1))
     return x + y
 
 
@@ -64,7 +64,7 @@ class UNeXt(nn.Module):
     f = self.features
     c1, c2, c3, t1, t2 = f, 2 * f, 8 * f, 10 * f, 16 * f
     dt = self.dtype
-    conv = lambda n, name: Conv(n, 3, dtype=dt, impl=self.conv_impl, name=name)  # noqa: E731
+    conv = lambda n, name, **kw: Conv(n, 3, dtype=dt, impl=self.conv_impl, name=name, **kw)  # noqa: E731
     norm = lambda name: Norm(self.norm, dt, name=name)  # noqa: E731
     ln = lambda name: nn.LayerNorm(epsilon=1e-5, dtype=dt, name=name)  # noqa: E731
     x = x.astype(dt)
@@ -72,8 +72,7 @@ class UNeXt(nn.Module):
     for i, n in enumerate((c1, c2, c3)):
       # Conv -> norm -> max-pool -> ReLU; the conv's bias and the pool go to the norm, which
       # runs batch norm and the pool as one op (layers.Norm).
-      z, conv_bias = Conv(n, 3, dtype=dt, impl=self.conv_impl, return_bias=True,
-                          name=f"enc_conv{i}")(x)
+      z, conv_bias = conv(n, f"enc_conv{i}", return_bias=True)(x)
       x = nn.relu(norm(f"enc_bn{i}")(z, train, offset=conv_bias, then_max_pool=True))
       skips.append(x)
     for i, n in enumerate((t1, t2)):
@@ -83,7 +82,9 @@ class UNeXt(nn.Module):
       if i == 0:
         skips.append(x)
     for i, n in enumerate((t1, c3, c2, c1)):
-      x = nn.relu(upsample2_bilinear(norm(f"dec_bn{i}")(conv(n, f"dec_conv{i}")(x), train)))
+      # The conv's bias goes to the norm, as in the encoder: a batch norm cancels it in training.
+      z, conv_bias = conv(n, f"dec_conv{i}", return_bias=True)(x)
+      x = nn.relu(upsample2_bilinear(norm(f"dec_bn{i}")(z, train, offset=conv_bias)))
       x = x + skips[3 - i]
       if i < 2:
         x = ln(f"dec_token_norm{i}")(ShiftedMLPBlock(dt, name=f"dec_token_block{i}")(x))

@@ -33,7 +33,7 @@ constexpr int64_t kBlock = 64;
 #define JAXSEG_CLONES
 #endif
 
-// The activation after the batch norm (batch_norm.ACTIVATIONS' order), whose derivative at its
+// The activation after the batch norm (native_sums.ACTIVATIONS' order), whose derivative at its
 // input y multiplies the output gradient.
 enum Act : int64_t { kNone = 0, kRelu = 1, kSilu = 2 };
 
