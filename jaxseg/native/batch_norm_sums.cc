@@ -1,13 +1,15 @@
-// Batch norm's full-resolution reductions on CPUs as XLA FFI handlers, each one pass over its
-// inputs (jaxseg/models/batch_norm.py uses them where they build; the element-wise passes stay
-// XLA's fusions). XLA's CPU backend took the forward pass's two sums, and the backward pass's
-// sums of the gradient and of the gradient times the centred input, as separate reductions,
-// each reading the full-resolution tensors again (BUILD.md performance notes).
+// Per-channel full-resolution reductions on CPUs as XLA FFI handlers, each one pass over its
+// inputs: batch norm's (jaxseg/models/batch_norm.py) and the bias gradients of bfloat16 layers
+// (models/conv.py: add_bias), through jaxseg/models/native_sums.py where this builds; the
+// element-wise passes stay XLA's fusions. XLA's CPU backend took the forward pass's two sums, and
+// the backward pass's sums of the gradient and of the gradient times the centred input, as
+// separate reductions, each reading the full-resolution tensors again, and first wrote bfloat16
+// inputs out again in float32 (BUILD.md performance notes).
 //
 // Inputs are float32 or bfloat16, sums float32. Every input is read as [rows, channels]
-// (channels last). Each thread sums blocks of rows into
-// float partial sums per channel, vectorised along the channels, and adds each block's partial
-// sums into double totals: float32 rounding over at most kBlock rows, whatever the batch size.
+// (channels last). Each thread sums blocks of rows into float partial sums per channel,
+// vectorised along the channels, and adds each block's partial sums into double totals: float32
+// rounding over at most kBlock rows, whatever the batch size.
 #include <algorithm>
 #include <atomic>
 #include <cmath>
