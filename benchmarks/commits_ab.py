@@ -8,8 +8,9 @@ that layers_ab.py has no switch for (a change to the train step itself, say).
   .venv/bin/python benchmarks/commits_ab.py --before=HEAD --dtype=bfloat16
 
 Each model is NAME:FEATURES:SIZE (a registry name, model.features, the square input side). Both
-sides run the default configuration of their own code, batch --batch, in the same Python
-environment (this one's), in model.dtype --dtype. Writes results/commits_ab-DATE-HHMM-DEVICE-BEFORE.{md,json} (UTC).
+sides run the default configuration of their own code, batch --batch, model.dtype --dtype, in the
+same Python environment (this one's). Writes results/commits_ab-DATE-HHMM-DEVICE-BEFORE.{md,json}
+(UTC).
 """
 
 import datetime
@@ -102,9 +103,10 @@ def main(argv):
         print(f"{model}: {b:.0f} -> {a:.0f} ms ({b / a:.3f}x)", flush=True)
         markdown = (f"# {before} (before) against {after} (after), {meta['device']} "
                     f"({result_files.host_cpu()}), "
-                    f"{meta['date']}\n\n`{meta['command']}`; model.dtype {_DTYPE.value}, batch {_BATCH.value}, "
-                    f"{_STEPS.value} timed steps per fresh process, {_PAIRS.value} alternating "
-                    "pairs, best of each side.\n\n" + result_files.table(header, rows))
+                    f"{meta['date']}\n\n`{meta['command']}`; model.dtype {_DTYPE.value}, "
+                    f"batch {_BATCH.value}, {_STEPS.value} timed steps per fresh process, "
+                    f"{_PAIRS.value} alternating pairs, best of each side.\n\n"
+                    + result_files.table(header, rows))
         path = result_files.stem(_OUT.value, "commits_ab", started, meta["device"], before)
         result_files.write(path, {**meta, "rows": records}, markdown)
     finally:

@@ -62,7 +62,7 @@ def test_native_sums_equal_xla_reductions(usable, monkeypatch, act, shape):
 def test_bfloat16_inputs_take_the_native_sums_too(usable, monkeypatch, act):
   """bfloat16 inputs (model.dtype=bfloat16) go to the ...BF16 handlers, which sum their values
   in float32 as XLA's reductions do after the cast: the float32 statistics and weight gradients
-  equal XLA's, the bfloat16 output and input gradient within one bfloat16 step."""
+  equal XLA's, the bfloat16 input gradient within one bfloat16 step."""
   shape = (3, 16, 16, 24)
   z = (3 * jax.random.normal(jax.random.key(0), shape) + 2).astype(jnp.bfloat16)
   scale, bias = jnp.linspace(-1.5, 2.0, 24), jnp.linspace(-0.3, 0.4, 24)
