@@ -150,3 +150,20 @@ def test_prefetcher_close_ends_the_loader_workers(tmp_path):
   assert multiprocessing.active_children()  # the Grain worker
   batches.close()
   assert not multiprocessing.active_children()
+
+
+def test_shared_memory_still_referenced_at_exit_is_unlinked():
+  """A batch array that a worker handed over in shared memory and that something still holds at
+  exit (a daemon thread, say): the exit hook unlinks its segment's name, so no "leaked
+  shared_memory" is left to the resource tracker, and the array stays readable."""
+  from grain._src.python.ipc import shared_memory_array as shm_array
+  sent = shm_array.SharedMemoryArray((4, 8), np.float32)  # as a worker writes it
+  np.copyto(sent, np.arange(32, dtype=np.float32).reshape(4, 8))
+  held = shm_array.open_from_shm(sent.metadata)  # as the main process opens it
+  name = sent.shm.name
+  del sent  # the worker's side closes its mapping without unlinking
+  assert os.path.exists(f"/dev/shm/{name}")
+  pipeline._release_shared_memory()
+  assert not os.path.exists(f"/dev/shm/{name}")
+  np.testing.assert_array_equal(held, np.arange(32, dtype=np.float32).reshape(4, 8))
+  del held  # its finaliser only closes the mapping now: no error, nothing left

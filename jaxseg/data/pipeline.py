@@ -8,6 +8,7 @@ the iterator state (how many batches were consumed) is the same number on every 
 import atexit
 import functools
 import gc
+import mmap
 import queue
 import sys
 import threading
@@ -110,7 +111,8 @@ def _release_shared_memory() -> None:
   """Grain's workers hand batches over in shared memory that the arrays' finalisers unlink, some
   on a thread of Grain's. At exit, collect the last arrays (some sit in reference cycles) and
   wait for that thread: left to Python's resource tracker, runs with workers ended on a
-  warning of "leaked shared_memory objects"."""
+  warning of "leaked shared_memory objects". Arrays still referenced then (by a daemon thread,
+  say) have their segments' names unlinked now; their mappings stay valid until they go."""
   gc.collect()
   try:
     from grain._src.python.ipc.shared_memory_array import SharedMemoryArray
@@ -121,6 +123,14 @@ def _release_shared_memory() -> None:
     # Grain starts it with one thread, so tasks run in order: this returns after the deletions
     # queued before it.
     pool.apply(lambda: None)
+  for array in gc.get_objects():
+    if (isinstance(array, SharedMemoryArray) and getattr(array, "_unlink_on_del", False)
+        and isinstance(array.base, mmap.mmap)):
+      array._unlink_on_del = False  # its finaliser, later, only closes the mapping
+      try:
+        array.shm.unlink()
+      except FileNotFoundError:  # unlinked already
+        pass
 
 
 def _to_iter(ds: grain.MapDataset, data_cfg) -> grain.IterDataset:
