@@ -124,7 +124,9 @@ def _release_shared_memory() -> None:
     # queued before it.
     pool.apply(lambda: None)
   for array in gc.get_objects():
-    if (isinstance(array, SharedMemoryArray) and getattr(array, "_unlink_on_del", False)
+    # type(), not isinstance: that reads __class__, which some lazy proxies (torch's deprecated
+    # names) answer with a warning.
+    if (type(array) is SharedMemoryArray and getattr(array, "_unlink_on_del", False)
         and isinstance(array.base, mmap.mmap)):
       array._unlink_on_del = False  # its finaliser, later, only closes the mapping
       try:
