@@ -18,9 +18,10 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 def dtype_name(name: str) -> str:
   """model.dtype resolved: "auto" (the default) is bfloat16 on GPUs and TPUs, as mixed precision
-  is by default in nnU-Net, and float32 on CPUs, where bfloat16 is faster only for some models
-  and only on CPUs with bfloat16 instructions (oneDNN's convolutions; BUILD.md). Parameters,
-  optimizer state and the loss stay float32 either way."""
+  is by default in nnU-Net, and float32 on CPUs, where bfloat16 is faster only on CPUs with
+  bfloat16 instructions (oneDNN's convolutions; BUILD.md), so that a CPU run's numerics do not
+  depend on which CPU it ran on. Parameters, optimizer state and the loss stay float32 either
+  way."""
   if name == "auto":
     name = "float32" if jax.default_backend() == "cpu" else "bfloat16"
   if name not in DTYPES:
